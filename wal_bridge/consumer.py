@@ -1,0 +1,325 @@
+"""The consumer stage: poll a batch, append it to the WAL (one fsync), then commit its offsets.
+
+Auto-commit and the auto offset store are off; offsets are committed only for records that
+are durable (COMMIT_POLICY=wal) or shipped (COMMIT_POLICY=upload). On assignment the consumer
+seeks past what the WAL holds or has shipped, so a restart does not duplicate; on revocation it
+commits synchronously before letting go. ``group.instance.id`` is the instance's identity (kept
+in WAL_DIR), so an instance restarted after ``kill -9`` gets its partitions back at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+
+from wal_bridge.config import Settings
+from wal_bridge.errors import WalBridgeError
+from wal_bridge.logs import RateLimited, get_logger
+from wal_bridge.wal.codec import RecordColumns
+from wal_bridge.wal.log import DiskFullError, Wal
+
+log = get_logger("wal_bridge.consumer")
+
+TP = tuple[str, int]
+MAX_POLL = 10_000
+RESUME_FRACTION = 0.9  # resume once the WAL is back under 90 % of WAL_MAX_BYTES
+
+
+class ConsumerError(WalBridgeError):
+    """The Kafka client reported a fatal error."""
+
+
+def consumer_config(settings: Settings, instance_id: str) -> dict[str, Any]:
+    return {
+        **settings.kafka_config(),
+        "client.id": f"wal-bridge-{instance_id}",
+        "group.id": settings.group_id,
+        "group.instance.id": instance_id,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+        "session.timeout.ms": 45_000,
+        "max.poll.interval.ms": 300_000,
+        # Bound the prefetch queue: memory follows the segment size, not the backlog.
+        "queued.max.messages.kbytes": 16_384,
+        "fetch.max.bytes": 16 * 1024 * 1024,
+    }
+
+
+def columns_of(messages: Sequence[Any]) -> RecordColumns:
+    """Columns of a polled batch: one C-level pass per field, no per-record Python logic."""
+    return RecordColumns(
+        topics=[m.topic() for m in messages],
+        partitions=[m.partition() for m in messages],
+        offsets=[m.offset() for m in messages],
+        timestamps=[m.timestamp()[1] for m in messages],
+        keys=[m.key() for m in messages],
+        values=[m.value() for m in messages],
+        headers=[m.headers() for m in messages],
+    )
+
+
+class BridgeConsumer:
+    def __init__(self, settings: Settings, wal: Wal) -> None:
+        self.settings = settings
+        self.wal = wal
+        self.policy = settings.commit_policy
+        self._consumer = Consumer(
+            {**consumer_config(settings, wal.instance_id), "on_commit": self._on_commit,
+             "error_cb": self._on_error}
+        )
+        self._assigned: set[TP] = set()
+        self._appended: dict[TP, int] = {}  # next offset after the last durable record
+        self._committed: dict[TP, int] = {}
+        self._pending: Any = None  # a polled batch that could not be appended (disk full)
+        self._paused = False
+        self.pause_reason: str | None = None
+        self._limited = RateLimited()
+        self._last_policy_commit = 0.0
+        self.records_appended = 0
+        self.batches_appended = 0
+
+    def subscribe(self) -> None:
+        self._consumer.subscribe(
+            list(self.settings.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    # ----------------------------------------------------------------------------- loop
+
+    def step(self, timeout: float = 0.5) -> int:
+        """Poll once, append and commit. Return how many records became durable.
+
+        A batch that could not be appended (full disk) is kept and retried on the next step,
+        with anything polled meanwhile added behind it: a polled record is never let go
+        before it is durable, or its offset could be committed past it.
+        """
+        if self._pending is not None:
+            timeout = min(timeout, 1.0)
+        messages = self._consumer.consume(num_messages=self._poll_size(), timeout=timeout)
+        good = [m for m in messages if m.error() is None]
+        if len(good) != len(messages):
+            for m in messages:
+                if m.error() is not None:
+                    self._on_error(m.error())
+        batch = columns_of(good).to_arrow() if good else None
+        if self._pending is not None:
+            batch = self._pending if batch is None else _concat(self._pending, batch)
+            self._pending = None
+        durable = 0
+        if batch is not None:
+            durable = self._append(batch)
+            if not durable:
+                self._pending = batch
+        if self.policy == "upload":
+            self.commit_shipped()
+        self._update_backpressure()
+        return durable
+
+    def _poll_size(self) -> int:
+        return max(1, min(MAX_POLL, self.settings.batch_size))
+
+    def _append(self, batch: Any) -> int:
+        try:
+            self.wal.append(batch)
+        except DiskFullError as exc:
+            self._pause(f"disk full: {exc}")
+            return 0
+        self.records_appended += batch.num_rows
+        self.batches_appended += 1
+        topics = batch.column("_topic").dictionary_decode().to_pylist()
+        last = dict(zip(zip(topics, batch.column("_partition").to_pylist(), strict=True),
+                        batch.column("_offset").to_pylist(), strict=True))
+        for tp, offset in last.items():
+            self._appended[tp] = max(self._appended.get(tp, 0), offset + 1)
+        if self.policy == "wal":
+            self._commit({tp: self._appended[tp] for tp in last}, asynchronous=True)
+        return batch.num_rows
+
+    # ----------------------------------------------------------------------------- commits
+
+    def _commit(self, positions: dict[TP, int], *, asynchronous: bool) -> None:
+        todo = {tp: pos for tp, pos in positions.items()
+                if tp in self._assigned and pos > self._committed.get(tp, -1)}
+        if not todo:
+            return
+        offsets = [TopicPartition(t, p, pos) for (t, p), pos in todo.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        except KafkaException as exc:
+            if (suppressed := self._limited.allow("commit_failed")) is not None:
+                log.warning("commit_failed", error=str(exc), suppressed=suppressed)
+            return
+        if not asynchronous:
+            self._committed.update(todo)
+
+    def commit_shipped(self, *, force: bool = False, asynchronous: bool = True) -> None:
+        """COMMIT_POLICY=upload: commit up to the first record not yet shipped, per partition."""
+        now = time.monotonic()
+        if not force and now - self._last_policy_commit < 1.0:
+            return
+        self._last_policy_commit = now
+        unshipped = self.wal.unshipped_offsets()
+        shipped = self.wal.shipped_offsets()
+        positions = {tp: unshipped.get(tp, shipped.get(tp, -1)) for tp in self._assigned}
+        self._commit({tp: pos for tp, pos in positions.items() if pos >= 0},
+                     asynchronous=asynchronous)
+
+    def commit_all(self) -> None:
+        """Synchronous commit of everything the policy allows (shutdown, revocation)."""
+        if self.policy == "wal":
+            self._commit(dict(self._appended), asynchronous=False)
+        else:
+            self.commit_shipped(force=True, asynchronous=False)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None:
+            if (suppressed := self._limited.allow("commit_failed")) is not None:
+                log.warning("commit_failed", error=str(err), suppressed=suppressed)
+            return
+        for tp in partitions:
+            if tp.error is None and tp.offset >= 0:
+                key = (tp.topic, tp.partition)
+                self._committed[key] = max(self._committed.get(key, -1), tp.offset)
+
+    # ----------------------------------------------------------------------------- rebalance
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        wal_next = self.wal.next_offsets()
+        try:
+            committed = consumer.committed(partitions, timeout=30)
+        except KafkaException as exc:
+            log.warning("committed_offsets_unavailable", error=str(exc))
+            committed = [TopicPartition(p.topic, p.partition, OFFSET_INVALID) for p in partitions]
+        for tp, known in zip(partitions, committed, strict=True):
+            key = (tp.topic, tp.partition)
+            held = wal_next.get(key, -1)
+            if known.offset >= 0:
+                self._committed[key] = known.offset
+            # Start after what the WAL holds or shipped when it is ahead of the group's commit;
+            # otherwise at the commit, or (none yet) where auto.offset.reset says.
+            tp.offset = max(held, known.offset) if max(held, known.offset) >= 0 else OFFSET_INVALID
+            self._appended.setdefault(key, max(held, known.offset, 0))
+            self._assigned.add(key)
+        consumer.incremental_assign(partitions)
+        if self._paused:
+            consumer.pause(partitions)
+        log.info("partitions_assigned", partitions=_names(partitions),
+                 positions={f"{t.topic}[{t.partition}]": t.offset for t in partitions})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(p.topic, p.partition) for p in partitions}
+        self._drop_pending(keys)
+        # Everything appended is already fsynced: commit it before letting the partitions go.
+        if self.policy == "wal":
+            self._commit({tp: pos for tp, pos in self._appended.items() if tp in keys},
+                         asynchronous=False)
+        else:
+            self.commit_shipped(force=True, asynchronous=False)
+        self._forget(keys)
+        consumer.incremental_unassign(partitions)
+        log.info("partitions_revoked", partitions=_names(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(p.topic, p.partition) for p in partitions}
+        self._drop_pending(keys)
+        self._forget(keys)
+        consumer.incremental_unassign(partitions)
+        log.warning("partitions_lost", partitions=_names(partitions))
+
+    def _forget(self, keys: set[TP]) -> None:
+        self._assigned -= keys
+        for key in keys:
+            self._appended.pop(key, None)
+            self._committed.pop(key, None)
+
+    def _drop_pending(self, keys: set[TP]) -> None:
+        """Records not yet durable of partitions we give up: their new owner reads them."""
+        if self._pending is None:
+            return
+        import pyarrow.compute as pc
+
+        batch = self._pending
+        topics = batch.column("_topic").dictionary_decode()
+        keep = [
+            (t, p) not in keys
+            for t, p in zip(topics.to_pylist(), batch.column("_partition").to_pylist(),
+                            strict=True)
+        ]
+        kept = batch.filter(pc.equal(keep, True)) if not all(keep) else batch
+        self._pending = kept if kept.num_rows else None
+
+    # ----------------------------------------------------------------------------- pausing
+
+    def _update_backpressure(self) -> None:
+        size = self.wal.total_bytes()
+        cap = self.settings.wal_max_bytes
+        if self._pending is not None:
+            return  # paused for a full disk; resumes once the pending batch is durable
+        if size > cap:
+            self._pause(f"WAL holds {size} bytes, over WAL_MAX_BYTES={cap}")
+        elif self._paused and size <= cap * RESUME_FRACTION:
+            self._resume()
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused:
+            self._consumer.pause(self._assignment())
+            self._paused = True
+            log.warning("consumer_paused", reason=reason)
+        self.pause_reason = reason
+
+    def _resume(self) -> None:
+        self._consumer.resume(self._assignment())
+        self._paused = False
+        self.pause_reason = None
+        log.info("consumer_resumed", wal_bytes=self.wal.total_bytes())
+
+    def pause_all(self) -> None:
+        self._consumer.pause(self._assignment())
+        self._paused = True
+
+    def _assignment(self) -> list[TopicPartition]:
+        return list(self._consumer.assignment())
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def positions(self) -> dict[TP, int]:
+        return dict(self._appended)
+
+    # ----------------------------------------------------------------------------- errors
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            raise ConsumerError(f"Kafka client error: {err.str()}")
+        if (suppressed := self._limited.allow(f"kafka_{err.code()}")) is not None:
+            log.warning("kafka_error", error=err.str(), code=err.name(), suppressed=suppressed)
+
+    def poll_callbacks(self, timeout: float = 0.1) -> None:
+        """Serve rebalance and commit callbacks without taking records (partitions paused)."""
+        message = self._consumer.poll(timeout)
+        if message is not None and message.error() is None:
+            # A record slipped in between pausing and polling: it is not in the WAL and its
+            # offset is not committed, so the next start reads it again. Nothing is lost.
+            log.debug("record_left_for_next_start", partition=message.partition(),
+                      offset=message.offset())
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _concat(first: Any, second: Any) -> Any:
+    import pyarrow as pa
+
+    table = pa.Table.from_batches([first, second]).unify_dictionaries().combine_chunks()
+    return table.to_batches(max_chunksize=table.num_rows)[0]
+
+
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return [f"{p.topic}[{p.partition}]" for p in partitions]

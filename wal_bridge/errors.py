@@ -1,0 +1,64 @@
+"""The exceptions wal-bridge raises: one root, a few kinds that mean something to an operator.
+
+Third-party exceptions are wrapped at the boundary (``raise SinkError(...) from exc``); the CLI
+turns any :class:`WalBridgeError` into one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class WalBridgeError(Exception):
+    """Root of every error wal-bridge raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(WalBridgeError):
+    """A setting is missing or has a bad value; the message names the variable."""
+
+    exit_code = 2
+
+
+class WalLockedError(WalBridgeError):
+    """Another process holds the WAL directory."""
+
+    exit_code = 3
+
+
+class CorruptionError(WalBridgeError):
+    """A WAL segment holds bytes that do not decode: never retried, never silently dropped."""
+
+    def __init__(self, segment: Path | str, offset: int, reason: str) -> None:
+        self.segment = Path(segment)
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"{self.segment.name}: corrupt at byte {offset}: {reason}")
+
+
+class SinkError(WalBridgeError):
+    """The destination refused or failed an operation.
+
+    ``transient`` says whether trying again later can succeed (a timeout, a 503) or not without
+    an operator (a 403, a missing bucket).
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        self.transient = transient
+        super().__init__(message)
+
+
+class ObjectConflictError(SinkError):
+    """An object with the segment's key exists with other content: an anomaly, never overwritten."""
+
+    def __init__(self, key: str, local_crc32c: str, remote_crc32c: str | None) -> None:
+        self.key = key
+        self.local_crc32c = local_crc32c
+        self.remote_crc32c = remote_crc32c
+        super().__init__(
+            f"object {key} already exists with crc32c {remote_crc32c}, local file has "
+            f"{local_crc32c}: left untouched; inspect both and replay or remove one",
+            transient=False,
+        )
+

@@ -1,0 +1,184 @@
+"""The one place that owns the threads, their stop events, signals and shutdown.
+
+Threads: the consumer runs on the main thread (librdkafka callbacks arrive there); the sealer
+and the uploader each run a loop around their synchronous ``step()``. On SIGTERM or SIGINT the
+consumer stops taking records, the active segment is sealed, and the sealer and uploader drain
+what they can within SHUTDOWN_GRACE; offsets are committed and the process exits 0. A second
+signal exits at once: everything appended is already durable in the WAL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from wal_bridge.config import Settings, describe
+from wal_bridge.consumer import BridgeConsumer
+from wal_bridge.errors import SinkError, WalBridgeError
+from wal_bridge.failpoints import Failpoints
+from wal_bridge.logs import RateLimited, get_logger
+from wal_bridge.parquet import Converter
+from wal_bridge.sealer import Sealer
+from wal_bridge.sink import Sink, open_sink
+from wal_bridge.uploader import Uploader
+from wal_bridge.wal.log import KeyPolicy, Wal, WalFatalError
+
+log = get_logger("wal_bridge.runtime")
+
+SECOND_SIGNAL_EXIT = 130
+
+
+@dataclass
+class StageLoop:
+    """Run ``step`` until ``halt`` is set; sleep ``idle`` seconds when it found nothing to do."""
+
+    name: str
+    step: Callable[[], bool]
+    halt: threading.Event
+    on_fatal: Callable[[BaseException], None]
+    idle: float = 0.2
+    thread: threading.Thread | None = field(default=None, init=False)
+    _limited: RateLimited = field(default_factory=RateLimited, init=False)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                busy = self.step()
+            except WalFatalError as exc:
+                self.on_fatal(exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - a stage must outlive one bad step
+                if (suppressed := self._limited.allow(type(exc).__name__)) is not None:
+                    log.exception("stage_step_failed", stage=self.name, error=str(exc),
+                                  suppressed=suppressed)
+                self.halt.wait(1.0)
+                continue
+            if not busy:
+                self.halt.wait(self.idle)
+
+    def join(self, timeout: float) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+
+class Bridge:
+    """The running service: WAL, consumer, sealer and uploader wired together."""
+
+    def __init__(self, settings: Settings, sink: Sink | None = None) -> None:
+        self.settings = settings
+        destination = settings.require_destination()
+        self.sink = sink or open_sink(settings)
+        self.stop = threading.Event()  # set by a signal: stop consuming, drain, exit
+        self.halt = threading.Event()  # set when draining is over: stages stop now
+        self.fatal: BaseException | None = None
+        self._signals = 0
+        self.wal = Wal.open(
+            settings.wal_dir,
+            keys=KeyPolicy(destination.prefix, destination.dead_letter_prefix),
+            batch_size=settings.batch_size,
+            batch_timeout=settings.batch_timeout,
+            instance_id=settings.instance_id,
+            failpoints=Failpoints(settings.failpoint),
+        )
+        self.sealer = Sealer(self.wal, Converter(settings.max_record_bytes))
+        self.uploader = Uploader(self.wal, self.sink, self.halt)
+        self.consumer: BridgeConsumer | None = None
+        self.started = time.monotonic()
+
+    # ----------------------------------------------------------------------------- signals
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            os.write(2, b"second signal: exiting now; the WAL keeps what was not shipped\n")
+            os._exit(SECOND_SIGNAL_EXIT)
+        log.info("shutdown_requested", signal=signal.Signals(signum).name,
+                 grace_s=self.settings.shutdown_grace)
+        self.stop.set()
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        log.error("fatal_error", error=str(exc))
+        self.fatal = exc
+        self.stop.set()
+
+    # ----------------------------------------------------------------------------- running
+
+    def run(self) -> int:
+        recovery = self.wal.recovery
+        log.info(
+            "bridge_starting", instance=self.wal.instance_id, destination=str(
+                self.settings.destination), settings=describe(self.settings),
+            recovered_sealed=recovery.sealed, truncated=recovery.truncated,
+            quarantined=[seq for seq, _ in recovery.quarantined],
+            scanned_bytes=recovery.scanned_bytes,
+            recovery_ms=round(recovery.duration_s * 1000, 1),
+        )
+        self._check_sink()
+        stages = [
+            StageLoop("sealer", self.sealer.step, self.halt, self._on_fatal),
+            StageLoop("uploader", self.uploader.step, self.halt, self._on_fatal),
+        ]
+        for stage in stages:
+            stage.start()
+        consumer = self.consumer = BridgeConsumer(self.settings, self.wal)
+        try:
+            consumer.subscribe()
+            while not self.stop.is_set():
+                consumer.step()
+            if self.fatal is None:
+                self._drain(consumer)
+        except WalFatalError as exc:
+            self._on_fatal(exc)
+        finally:
+            self.halt.set()
+            for stage in stages:
+                stage.join(10.0)
+            if self.fatal is None:
+                consumer.commit_all()
+            consumer.close()
+            self.wal.close()
+        if self.fatal is not None:
+            if isinstance(self.fatal, WalBridgeError):
+                raise self.fatal
+            raise WalBridgeError(str(self.fatal)) from self.fatal
+        log.info("bridge_stopped", left_in_wal=len(self.wal.snapshot()))
+        return 0
+
+    def _check_sink(self) -> None:
+        try:
+            self.sink.check()
+        except SinkError as exc:
+            if not exc.transient:
+                raise
+            log.warning("destination_unreachable_at_start", error=str(exc),
+                        note="consuming into the WAL; uploads retry until it is back")
+
+    def _drain(self, consumer: BridgeConsumer) -> None:
+        """Seal, convert and ship within the grace period; keep serving Kafka callbacks."""
+        deadline = time.monotonic() + self.settings.shutdown_grace
+        consumer.pause_all()
+        self.wal.seal()
+        while time.monotonic() < deadline and self.fatal is None:
+            if not self.wal.to_convert() and not self.wal.to_ship():
+                break
+            if self.uploader.stuck and len(self.wal.to_ship()) == len(self.uploader.stuck):
+                break  # only stuck segments left: they wait for the next start
+            consumer.poll_callbacks(0.1)
+            if self.settings.commit_policy == "upload":
+                consumer.commit_shipped()
+        left = self.wal.snapshot()
+        log.info("drain_finished", segments_left=len(left),
+                 records_left=sum(s.records for s in left))

@@ -1,0 +1,76 @@
+"""The sealer stage: seals the active segment on time and converts sealed segments to Parquet.
+
+Size-based sealing happens in :meth:`Wal.append` (the consumer thread), so a segment holds
+exactly BATCH_SIZE records; this stage adds the time trigger, which must fire even when no
+record arrives, and the conversion, which must stay off the consumer thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import time
+from pathlib import Path
+
+from wal_bridge.logs import RateLimited, get_logger
+from wal_bridge.parquet import Converter, footer_metadata, write_parquet
+from wal_bridge.wal import fs
+from wal_bridge.wal.codec import DecodeError
+from wal_bridge.wal.log import Segment, Wal
+from wal_bridge.wal.segment import iter_batches
+
+log = get_logger("wal_bridge.sealer")
+
+
+class Sealer:
+    def __init__(self, wal: Wal, converter: Converter) -> None:
+        self.wal = wal
+        self.converter = converter
+        self._limited = RateLimited()
+        self.disk_full = False
+
+    def step(self) -> bool:
+        """Seal if due, then convert the oldest sealed segment. Return whether work was done."""
+        sealed = self.wal.seal_if_due()
+        pending = self.wal.to_convert()
+        if not pending:
+            return sealed
+        self.convert(pending[0])
+        return True
+
+    def convert(self, segment: Segment) -> bool:
+        """Convert one sealed segment into Parquet in the outbox; False if it must wait."""
+        assert segment.seal is not None
+        started = time.monotonic()
+        try:
+            batches = list(iter_batches(segment.path.read_bytes()))
+        except DecodeError as exc:
+            self.wal.quarantine_sealed(segment.seq, f"at conversion: {exc.reason}", exc.offset)
+            return False
+        converted = self.converter.convert(batches, segment.seal)
+        final = self.wal.parquet_path(segment.seq)
+        tmp = fs.temp_path(final)
+        dead_tmp = fs.temp_path(self.wal.dead_letter_path(segment.seq))
+        try:
+            write_parquet(converted.data, tmp, footer_metadata(segment.seal, converted.data))
+            has_dead = converted.dead_letters.num_rows > 0
+            if has_dead:
+                write_parquet(converted.dead_letters, dead_tmp,
+                              footer_metadata(segment.seal, converted.dead_letters))
+            self.wal.mark_converted(segment.seq, tmp, dead_tmp if has_dead else None)
+        except OSError as exc:
+            for path in (tmp, dead_tmp):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(path).unlink()
+            self.disk_full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            if (suppressed := self._limited.allow("convert_failed")) is not None:
+                log.error("segment_convert_failed", segment=segment.seq, error=str(exc),
+                          suppressed=suppressed)
+            return False
+        self.disk_full = False
+        log.info(
+            "segment_converted", segment=segment.seq, records=segment.records,
+            rows=converted.data.num_rows, dead_letters=converted.dead_letters.num_rows,
+            bytes=final.stat().st_size, duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return True
