@@ -1,0 +1,1 @@
+"""The write-ahead log: record codec, segment files, recovery and the log that ties them."""

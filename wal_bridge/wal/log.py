@@ -1,0 +1,686 @@
+"""The write-ahead log directory: lock, identity, recovery, append, seal and the segment index.
+
+Layout of ``WAL_DIR``::
+
+    LOCK                     flock held by the running process (its pid inside)
+    instance.json            this instance's identity, fixed at first start
+    state.json               per partition, the next offset after what was shipped
+    segments/N.open          the active segment, appended and fsynced per polled batch
+    segments/N.sealed        sealed: immutable, its seal frame names its object key
+    segments/N.torn          damaged tail bytes cut off an open segment at recovery
+    outbox/N.parquet         converted, waiting for upload
+    outbox/N.status.json     upload attempts and last error of a segment that failed
+    quarantine/N.*           segments with damage before their end, with N.reason.json
+
+Every state change goes through :mod:`wal_bridge.wal.fs` (temp file, fsync, rename, fsync
+directory). One lock serialises the consumer thread (append, seal) with the sealer and uploader
+threads (convert, ship); appends hold it for one write and one fsync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from wal_bridge.errors import ConfigError, WalBridgeError, WalLockedError
+from wal_bridge.failpoints import DISARMED, Failpoints
+from wal_bridge.logs import get_logger
+from wal_bridge.wal import fs
+from wal_bridge.wal.codec import (
+    MAX_FRAME_BYTES,
+    SEGMENT_HEADER_SIZE,
+    DecodeError,
+    FrameKind,
+    encode_frame,
+    encode_records,
+    encode_segment_header,
+)
+from wal_bridge.wal.segment import (
+    OPEN,
+    SEALED,
+    Ranges,
+    ScanResult,
+    SealInfo,
+    TopicPartition,
+    batch_ranges,
+    merge_ranges,
+    parse_segment_name,
+    ranges_from_json,
+    ranges_to_json,
+    scan,
+    segment_name,
+)
+
+log = get_logger("wal_bridge.wal")
+
+# A frame body is kept well under the codec's hard limit so that one huge poll never fails.
+TARGET_FRAME_BYTES = min(64 * 1024 * 1024, MAX_FRAME_BYTES // 2)
+
+
+class WalFatalError(WalBridgeError):
+    """The WAL can no longer promise durability (an fsync failed): the process must restart."""
+
+
+class DiskFullError(WalBridgeError):
+    """The disk under the WAL is full; the write was rolled back and can be retried later."""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Segment:
+    """The index entry of one segment (active, sealed or converted)."""
+
+    seq: int
+    state: str  # "open" or "sealed"
+    path: Path
+    bytes: int
+    records: int
+    created_ms: int
+    ranges: Ranges = field(default_factory=dict)
+    seal: SealInfo | None = None
+    converted: bool = False
+    parquet_bytes: int = 0
+    first_append: float | None = None  # monotonic time of the first record, active only
+
+
+@dataclass
+class RecoveryReport:
+    sealed: list[int] = field(default_factory=list)  # open segments sealed at start
+    truncated: list[tuple[int, int]] = field(default_factory=list)  # (segment, bytes cut)
+    quarantined: list[tuple[int, str]] = field(default_factory=list)
+    removed_temp: int = 0
+    removed_empty: int = 0
+    scanned_bytes: int = 0
+    duration_s: float = 0.0
+
+
+class KeyPolicy:
+    """Object keys, fixed at seal time: ``{prefix}/dt={date}/{timestamp}-{instance}-{segment}``.
+
+    The date folder is named ``dt=YYYY-MM-DD``: BigQuery's hive partitioning (``{dt:DATE}``)
+    recognises a partition only in a ``key=value`` folder, and so do DuckDB and pyarrow.
+    """
+
+    def __init__(self, prefix: str, dead_letter_prefix: str) -> None:
+        self.prefix = prefix.strip("/")
+        self.dead_letter_prefix = dead_letter_prefix.strip("/")
+
+    def keys(self, sealed_at_ms: int, instance: str, seq: int) -> tuple[str, str]:
+        when = datetime.fromtimestamp(sealed_at_ms / 1000, tz=UTC)
+        name = f"{when:%Y%m%dT%H%M%S}{sealed_at_ms % 1000:03d}Z-{instance}-{seq:010d}.parquet"
+        day = f"dt={when:%Y-%m-%d}"
+        return f"{self.prefix}/{day}/{name}", f"{self.dead_letter_prefix}/{day}/{name}"
+
+
+def read_identity(wal_dir: Path) -> str | None:
+    try:
+        return str(json.loads((wal_dir / "instance.json").read_text())["instance_id"])
+    except FileNotFoundError:
+        return None
+
+
+def _ensure_identity(wal_dir: Path, wanted: str | None) -> str:
+    stored = read_identity(wal_dir)
+    if stored is not None:
+        if wanted is not None and wanted != stored:
+            raise ConfigError(
+                f"INSTANCE_ID={wanted!r} but {wal_dir} belongs to instance {stored!r}: "
+                "unset INSTANCE_ID or point WAL_DIR at that instance's own directory"
+            )
+        return stored
+    if wanted is None:
+        host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
+        wanted = f"{host.strip('-.')[:40] or 'bridge'}-{secrets.token_hex(3)}"
+    fs.write_atomic(
+        wal_dir / "instance.json",
+        json.dumps({"instance_id": wanted, "created_ms": _now_ms()}).encode(),
+    )
+    return wanted
+
+
+class Wal:
+    """An open, locked WAL directory. Create with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(
+        self,
+        root: Path,
+        instance_id: str,
+        keys: KeyPolicy,
+        batch_size: int,
+        batch_timeout: float,
+        failpoints: Failpoints,
+        lock_fd: int,
+        now_ms: Callable[[], int],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.root = root
+        self.instance_id = instance_id
+        self.keys = keys
+        self.batch_size = batch_size
+        self.batch_timeout = batch_timeout
+        self.failpoints = failpoints
+        self.segments_dir = root / "segments"
+        self.outbox_dir = root / "outbox"
+        self.quarantine_dir = root / "quarantine"
+        self._lock_fd = lock_fd
+        self._now_ms = now_ms
+        self._monotonic = monotonic
+        self._lock = threading.RLock()
+        self._index: dict[int, Segment] = {}
+        self._active: Segment | None = None
+        self._active_fd: int | None = None
+        self._next_seq = 1
+        self._shipped_next: dict[TopicPartition, int] = {}
+        self._quarantined_ranges: dict[int, Ranges] = {}
+        self._last_shipped_seq = 0
+        self.recovery = RecoveryReport()
+
+    # ----------------------------------------------------------------------------- opening
+
+    @classmethod
+    def open(
+        cls,
+        root: Path,
+        *,
+        keys: KeyPolicy,
+        batch_size: int = 5000,
+        batch_timeout: float = 60.0,
+        instance_id: str | None = None,
+        failpoints: Failpoints = DISARMED,
+        now_ms: Callable[[], int] = _now_ms,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> Wal:
+        """Lock ``root``, fix the instance identity and recover whatever a crash left."""
+        for sub in ("", "segments", "outbox", "quarantine"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        lock_fd = acquire_lock(root)
+        try:
+            identity = _ensure_identity(root, instance_id)
+            wal = cls(root, identity, keys, batch_size, batch_timeout, failpoints, lock_fd,
+                      now_ms, monotonic)
+            wal._recover()
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return wal
+
+    def close(self) -> None:
+        with self._lock:
+            if self._active_fd is not None:
+                os.close(self._active_fd)
+                self._active_fd = None
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+
+    def _recover(self) -> None:
+        started = time.monotonic()
+        report = RecoveryReport()
+        removed = 0
+        scanned = 0
+        for directory in (self.root, self.segments_dir, self.outbox_dir, self.quarantine_dir):
+            removed += len(fs.remove_temp_files(directory))
+        self._load_state()
+        converted = {
+            int(p.name[:-len(".parquet")]) for p in self.outbox_dir.glob("*.parquet")
+            if p.name[:-len(".parquet")].isdigit()
+        }
+        max_seq = self._last_shipped_seq
+        for path in self.quarantine_dir.glob("*.reason.json"):
+            seq = int(path.name.split(".")[0])
+            max_seq = max(max_seq, seq)
+            with contextlib.suppress(ValueError, KeyError):
+                info = json.loads(path.read_text())
+                self._quarantined_ranges[seq] = ranges_from_json(info.get("ranges", []))
+        names = sorted(
+            (parsed, path)
+            for path in self.segments_dir.iterdir()
+            if (parsed := parse_segment_name(path.name)) is not None
+        )
+        for (seq, state), path in names:
+            max_seq = max(max_seq, seq)
+            data = path.read_bytes()
+            scanned += len(data)
+            if state == OPEN and len(data) < SEGMENT_HEADER_SIZE:
+                path.unlink()  # created but its header never made it: holds no record
+                report.removed_empty += 1
+                continue
+            try:
+                result = scan(data)
+            except DecodeError as exc:
+                self._quarantine(seq, path, f"segment header: {exc.reason}", exc.offset, {})
+                report.quarantined.append((seq, exc.reason))
+                continue
+            if result.error is not None and not (state == OPEN and result.tail_only):
+                self._quarantine(seq, path, result.error.reason, result.error.offset,
+                                 result.ranges)
+                report.quarantined.append((seq, result.error.reason))
+                continue
+            if state == SEALED and result.seal is None:
+                self._quarantine(seq, path, "sealed segment has no seal frame", result.size,
+                                 result.ranges)
+                report.quarantined.append((seq, "no seal frame"))
+                continue
+            if result.error is not None:  # torn tail of the open segment: cut it, keep it
+                self._cut_tail(path, data, result)
+                report.truncated.append((seq, result.size - result.valid_end))
+            segment = Segment(seq, state, path, result.valid_end, result.records,
+                              result.created_ms, result.ranges, result.seal,
+                              converted=seq in converted)
+            if segment.converted:
+                segment.parquet_bytes = self._outbox_bytes(seq)
+            if state == OPEN:
+                if result.seal is not None:  # crashed between the seal frame and the rename
+                    self._rename_sealed(segment)
+                elif result.records == 0:
+                    path.unlink()
+                    fs.fsync_dir(self.segments_dir)
+                    report.removed_empty += 1
+                    continue
+                else:
+                    self._active = segment
+                    self._seal_active()
+                    report.sealed.append(seq)
+                    continue
+            self._index[seq] = segment
+        self._next_seq = max_seq + 1
+        report.removed_temp = removed
+        report.scanned_bytes = scanned
+        report.duration_s = time.monotonic() - started
+        self.recovery = report
+
+    def _load_state(self) -> None:
+        try:
+            raw = json.loads((self.root / "state.json").read_text())
+        except FileNotFoundError:
+            return
+        self._last_shipped_seq = int(raw.get("last_shipped_segment", 0))
+        self._shipped_next = {
+            (item["topic"], int(item["partition"])): int(item["next_offset"])
+            for item in raw.get("shipped", [])
+        }
+
+    def _cut_tail(self, path: Path, data: bytes, result: ScanResult) -> None:
+        assert result.error is not None
+        torn = path.with_name(f"{path.name.split('.')[0]}.torn")
+        fs.write_atomic(torn, data[result.valid_end :])
+        with open(path, "r+b") as handle:
+            handle.truncate(result.valid_end)
+            handle.flush()
+            os.fsync(handle.fileno())
+        log.warning(
+            "segment_tail_truncated", segment=result.seq, bytes=result.size - result.valid_end,
+            offset=result.valid_end, reason=result.error.reason, kept=str(torn),
+        )
+
+    def _quarantine(self, seq: int, path: Path, reason: str, offset: int, ranges: Ranges) -> None:
+        target = self.quarantine_dir / path.name
+        info = {
+            "segment": seq, "file": path.name, "reason": reason, "byte_offset": offset,
+            "quarantined_at_ms": self._now_ms(), "ranges": ranges_to_json(ranges),
+            "hint": "run `wal_bridge replay --quarantined` to re-fetch this range from Kafka",
+        }
+        fs.write_atomic(self.quarantine_dir / f"{seq:010d}.reason.json",
+                        json.dumps(info, indent=2).encode())
+        os.replace(path, target)
+        fs.fsync_dir(self.quarantine_dir)
+        fs.fsync_dir(path.parent)
+        self._quarantined_ranges[seq] = ranges
+        log.error("segment_quarantined", segment=seq, reason=reason, offset=offset,
+                  path=str(target))
+
+    # ----------------------------------------------------------------------------- appending
+
+    def append(self, batch: pa.RecordBatch) -> None:
+        """Append a polled batch and make it durable (one fsync, more only when it seals).
+
+        Segments hold exactly ``batch_size`` records: a batch that crosses the boundary is
+        split, and the full segment is sealed on the way.
+        Raises DiskFullError (nothing of the batch is kept) or WalFatalError.
+        """
+        with self._lock:
+            pos = 0
+            written_since_sync = False
+            undo: list[tuple[Segment, int, int, Ranges]] = []
+            try:
+                while pos < batch.num_rows:
+                    active = self._active or self._new_segment()
+                    room = self.batch_size - active.records
+                    part = batch.slice(pos, room)
+                    undo.append((active, active.bytes, active.records, dict(active.ranges)))
+                    for chunk in _chunks(part):
+                        self._write(FrameKind.RECORDS, encode_records(chunk))
+                    if active.first_append is None:
+                        active.first_append = self._monotonic()
+                    active.records += part.num_rows
+                    merge_ranges(active.ranges, batch_ranges(part))
+                    pos += part.num_rows
+                    written_since_sync = True
+                    self.failpoints.hit("after_append_before_fsync")
+                    if active.records >= self.batch_size:
+                        self._seal_active()
+                        undo.clear()  # sealed segments are durable and final
+                        written_since_sync = False
+            except OSError as exc:
+                self._rollback(undo)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFullError(f"disk under {self.root} is full: {exc}") from exc
+                raise WalFatalError(f"cannot write to the WAL in {self.root}: {exc}") from exc
+            if written_since_sync:
+                self._sync_active()
+
+    def _rollback(self, undo: list[tuple[Segment, int, int, Ranges]]) -> None:
+        """Cut the active segment back to its size before this append (best effort)."""
+        for segment, size, records, ranges in undo:
+            if segment is self._active and self._active_fd is not None:
+                try:
+                    os.ftruncate(self._active_fd, size)
+                except OSError as exc:
+                    raise WalFatalError(f"cannot roll back a failed append: {exc}") from exc
+                segment.bytes, segment.records, segment.ranges = size, records, ranges
+                if records == 0:
+                    segment.first_append = None
+
+    def _new_segment(self) -> Segment:
+        seq = self._next_seq
+        path = self.segments_dir / segment_name(seq, OPEN)
+        created = self._now_ms()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            header = encode_segment_header(seq, created)
+            _write_all(fd, header)
+            os.fsync(fd)
+            fs.fsync_dir(self.segments_dir)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._next_seq += 1
+        self._active_fd = fd
+        self._active = Segment(seq, OPEN, path, len(header), 0, created)
+        self._index[seq] = self._active
+        return self._active
+
+    def _write(self, kind: FrameKind, body: bytes) -> None:
+        assert self._active is not None and self._active_fd is not None
+        frame = encode_frame(kind, body)
+        _write_all(self._active_fd, frame)
+        self._active.bytes += len(frame)
+
+    def _sync_active(self) -> None:
+        assert self._active_fd is not None
+        try:
+            os.fsync(self._active_fd)
+        except OSError as exc:
+            # After a failed fsync the page cache can no longer be trusted (the kernel may have
+            # dropped the dirty pages): stop, and let recovery read what really is on disk.
+            raise WalFatalError(f"fsync of the WAL failed: {exc}; restart to recover") from exc
+        self.failpoints.hit("after_fsync_before_commit")
+
+    # ----------------------------------------------------------------------------- sealing
+
+    def seal_if_due(self) -> bool:
+        """Seal the active segment if its first record is BATCH_TIMEOUT seconds old."""
+        with self._lock:
+            active = self._active
+            if active is None or active.first_append is None:
+                return False
+            if self._monotonic() - active.first_append < self.batch_timeout:
+                return False
+            self._seal_active()
+            return True
+
+    def seal(self) -> bool:
+        """Seal the active segment now if it holds any record (shutdown, tests)."""
+        with self._lock:
+            if self._active is None or self._active.records == 0:
+                return False
+            self._seal_active()
+            return True
+
+    def _seal_active(self) -> None:
+        active = self._active
+        assert active is not None
+        if self._active_fd is None:  # recovered open segment: reopen for the seal frame
+            self._active_fd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
+        sealed_at = self._now_ms()
+        key, dead_key = self.keys.keys(sealed_at, self.instance_id, active.seq)
+        info = SealInfo(active.seq, self.instance_id, key, dead_key, sealed_at, active.records,
+                        dict(active.ranges))
+        try:
+            self._write(FrameKind.SEAL, info.to_json())
+            os.fsync(self._active_fd)
+        except OSError as exc:
+            raise WalFatalError(f"cannot seal segment {active.seq}: {exc}") from exc
+        finally:
+            os.close(self._active_fd)
+            self._active_fd = None
+        self.failpoints.hit("after_seal_trailer")
+        active.seal = info
+        self._rename_sealed(active)
+        age = (self._monotonic() - active.first_append) if active.first_append else 0.0
+        self._active = None
+        self._index[active.seq] = active
+        log.info(
+            "segment_sealed", segment=active.seq, records=active.records, bytes=active.bytes,
+            key=key, age_s=round(age, 3), partitions=len(active.ranges),
+        )
+
+    def _rename_sealed(self, segment: Segment) -> None:
+        target = self.segments_dir / segment_name(segment.seq, SEALED)
+        os.replace(segment.path, target)
+        self.failpoints.hit("after_seal_rename")
+        fs.fsync_dir(self.segments_dir)
+        segment.path, segment.state, segment.first_append = target, SEALED, None
+
+    # ----------------------------------------------------------------------------- converting
+
+    def parquet_path(self, seq: int) -> Path:
+        return self.outbox_dir / f"{seq:010d}.parquet"
+
+    def to_convert(self) -> list[Segment]:
+        with self._lock:
+            return [s for s in sorted(self._index.values(), key=lambda s: s.seq)
+                    if s.state == SEALED and not s.converted]
+
+    def dead_letter_path(self, seq: int) -> Path:
+        return self.outbox_dir / f"{seq:010d}.dead.parquet"
+
+    def mark_converted(self, seq: int, tmp: Path, dead_tmp: Path | None = None) -> None:
+        """Publish fsynced Parquet temp files as the converted form of segment ``seq``.
+
+        The dead-letter file goes first: the data file's presence is what marks the segment
+        converted, so a crash in between leaves a segment that is simply converted again.
+        """
+        self.failpoints.hit("after_parquet_write")
+        if dead_tmp is not None:
+            os.replace(dead_tmp, self.dead_letter_path(seq))
+        fs.publish(tmp, self.parquet_path(seq))
+        self.failpoints.hit("after_convert_rename")
+        with self._lock:
+            segment = self._index[seq]
+            segment.converted = True
+            segment.parquet_bytes = self._outbox_bytes(seq)
+
+    def _outbox_bytes(self, seq: int) -> int:
+        return sum(
+            p.stat().st_size for p in (self.parquet_path(seq), self.dead_letter_path(seq))
+            if p.exists()
+        )
+
+    def quarantine_sealed(self, seq: int, reason: str, offset: int) -> None:
+        """Move a sealed segment that no longer decodes out of the pipeline, with the reason."""
+        with self._lock:
+            segment = self._index.pop(seq)
+            self._quarantine(seq, segment.path, reason, offset, segment.ranges)
+
+    # ----------------------------------------------------------------------------- shipping
+
+    def to_ship(self) -> list[Segment]:
+        with self._lock:
+            return [s for s in sorted(self._index.values(), key=lambda s: s.seq) if s.converted]
+
+    def mark_shipped(self, seq: int) -> None:
+        """The object is confirmed in the destination: record its offsets, delete its files."""
+        with self._lock:
+            segment = self._index[seq]
+            for tp, rng in segment.ranges.items():
+                self._shipped_next[tp] = max(self._shipped_next.get(tp, 0), rng.last + 1)
+            self._last_shipped_seq = max(self._last_shipped_seq, seq)
+            self._write_state()
+            self.failpoints.hit("after_shipped_record")
+            parquet = self.parquet_path(seq)
+            parquet.unlink(missing_ok=True)
+            self.dead_letter_path(seq).unlink(missing_ok=True)
+            self.status_path(seq).unlink(missing_ok=True)
+            segment.path.unlink()
+            self.failpoints.hit("after_delete")
+            fs.fsync_dir(self.outbox_dir)
+            fs.fsync_dir(self.segments_dir)
+            del self._index[seq]
+
+    def _write_state(self) -> None:
+        shipped = [
+            {"topic": t, "partition": p, "next_offset": n}
+            for (t, p), n in sorted(self._shipped_next.items())
+        ]
+        fs.write_atomic(
+            self.root / "state.json",
+            json.dumps({"last_shipped_segment": self._last_shipped_seq, "shipped": shipped},
+                       indent=1).encode(),
+        )
+
+    def status_path(self, seq: int) -> Path:
+        return self.outbox_dir / f"{seq:010d}.status.json"
+
+    def record_upload_failure(self, seq: int, error: str, *, permanent: bool) -> int:
+        """Keep the attempt count and last error beside the Parquet file (for inspect)."""
+        status_path = self.status_path(seq)
+        try:
+            status = json.loads(status_path.read_text())
+        except (FileNotFoundError, ValueError):
+            status = {"attempts": 0}
+        status.update(
+            attempts=int(status.get("attempts", 0)) + 1, last_error=error,
+            last_attempt_ms=self._now_ms(), stuck=permanent,
+        )
+        fs.write_atomic(status_path, json.dumps(status).encode())
+        return int(status["attempts"])
+
+    # ----------------------------------------------------------------------------- offsets
+
+    def next_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset after the last one the WAL holds or has shipped."""
+        with self._lock:
+            result = dict(self._shipped_next)
+            every = [s.ranges for s in self._index.values()] + list(
+                self._quarantined_ranges.values()
+            )
+            for ranges in every:
+                for tp, rng in ranges.items():
+                    result[tp] = max(result.get(tp, 0), rng.last + 1)
+            return result
+
+    def unshipped_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the first offset held but not yet shipped (quarantine included).
+
+        Under COMMIT_POLICY=upload this is the furthest position that may be committed: every
+        record before it is in the destination.
+        """
+        with self._lock:
+            result: dict[TopicPartition, int] = {}
+            every = [s.ranges for s in self._index.values()] + list(
+                self._quarantined_ranges.values()
+            )
+            for ranges in every:
+                for tp, rng in ranges.items():
+                    result[tp] = min(result.get(tp, rng.first), rng.first)
+            return result
+
+    def shipped_offsets(self) -> dict[TopicPartition, int]:
+        with self._lock:
+            return dict(self._shipped_next)
+
+    # ----------------------------------------------------------------------------- sizes
+
+    def total_bytes(self) -> int:
+        """Bytes of segments and Parquet files not yet shipped (what WAL_MAX_BYTES caps)."""
+        with self._lock:
+            return sum(s.bytes + s.parquet_bytes for s in self._index.values())
+
+    def snapshot(self) -> list[Segment]:
+        with self._lock:
+            return [replace(s, ranges=dict(s.ranges)) for s in
+                    sorted(self._index.values(), key=lambda s: s.seq)]
+
+    @property
+    def active(self) -> Segment | None:
+        return self._active
+
+
+def _chunks(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+    """Split a batch so that no frame body grows past TARGET_FRAME_BYTES."""
+    if batch.num_rows <= 1 or batch.nbytes <= TARGET_FRAME_BYTES:
+        return [batch]
+    half = batch.num_rows // 2
+    return _chunks(batch.slice(0, half)) + _chunks(batch.slice(half))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def acquire_lock(root: Path) -> int:
+    """Take the WAL directory's lock or raise WalLockedError naming the holder."""
+    path = root / "LOCK"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise WalLockedError(
+            f"WAL directory {root} is in use by pid {holder}: stop that bridge first, or give "
+            "this one its own WAL_DIR"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def describe_lock(root: Path) -> dict[str, Any]:
+    """Whether a process holds ``root``'s lock, without taking it for long."""
+    path = root / "LOCK"
+    if not path.exists():
+        return {"locked": False, "pid": None}
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            return {"locked": True, "pid": int(pid) if pid.isdigit() else None}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return {"locked": False, "pid": None}
+    finally:
+        os.close(fd)
