@@ -43,7 +43,9 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes | None], *,
     return count
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int = 3) -> dict[int, int]:
+def committed_offsets(
+    bootstrap: str, group: str, topic: str, partitions: int = 3
+) -> dict[int, int]:
     """The group's committed offset per partition (-1001 when none)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:

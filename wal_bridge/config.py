@@ -8,6 +8,7 @@ table, so a variable and its flag can never drift apart. Library code receives a
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -112,7 +113,7 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise ValueError("expected a number of seconds") from None
-    if not value > 0 or value != value or value == float("inf"):
+    if not (math.isfinite(value) and value > 0):
         raise ValueError("must be a finite number of seconds greater than zero")
     return value
 
@@ -226,8 +227,8 @@ class Spec:
 
 
 SPECS: tuple[Spec, ...] = (
-    Spec("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "Kafka bootstrap servers, host:port[,...].",
-         _bootstrap, "localhost:9092"),
+    Spec("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS",
+         "Kafka bootstrap servers, host:port[,...].", _bootstrap, "localhost:9092"),
     Spec("topics", "KAFKA_TOPIC", "Topic(s) to consume, comma-separated.", _topics,
          "events-stream", flag_name="topic"),
     Spec("group_id", "KAFKA_GROUP_ID", "Kafka consumer group id.", _group_id, "wal-bridge"),

@@ -105,8 +105,8 @@ class BridgeConsumer:
         good = [m for m in messages if m.error() is None]
         if len(good) != len(messages):
             for m in messages:
-                if m.error() is not None:
-                    self._on_error(m.error())
+                if (err := m.error()) is not None:
+                    self._on_error(err)
         batch = columns_of(good).to_arrow() if good else None
         if self._pending is not None:
             batch = self._pending if batch is None else _concat(self._pending, batch)
@@ -130,7 +130,8 @@ class BridgeConsumer:
         except DiskFullError as exc:
             self._pause(f"disk full: {exc}")
             return 0
-        self.records_appended += batch.num_rows
+        rows = int(batch.num_rows)
+        self.records_appended += rows
         self.batches_appended += 1
         topics = batch.column("_topic").dictionary_decode().to_pylist()
         last = dict(zip(zip(topics, batch.column("_partition").to_pylist(), strict=True),
@@ -139,7 +140,7 @@ class BridgeConsumer:
             self._appended[tp] = max(self._appended.get(tp, 0), offset + 1)
         if self.policy == "wal":
             self._commit({tp: self._appended[tp] for tp in last}, asynchronous=True)
-        return batch.num_rows
+        return rows
 
     # ----------------------------------------------------------------------------- commits
 
@@ -150,7 +151,10 @@ class BridgeConsumer:
             return
         offsets = [TopicPartition(t, p, pos) for (t, p), pos in todo.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             if (suppressed := self._limited.allow("commit_failed")) is not None:
                 log.warning("commit_failed", error=str(exc), suppressed=suppressed)

@@ -56,7 +56,7 @@ class StageLoop:
             except WalFatalError as exc:
                 self.on_fatal(exc)
                 return
-            except Exception as exc:  # noqa: BLE001 - a stage must outlive one bad step
+            except Exception as exc:  # a stage must outlive one bad step
                 if (suppressed := self._limited.allow(type(exc).__name__)) is not None:
                     log.exception("stage_step_failed", stage=self.name, error=str(exc),
                                   suppressed=suppressed)

@@ -56,7 +56,7 @@ def landed_when(gcs: GcsHandle, bucket: str, expected: int, bridge: BridgeProces
         landed = read_gcs(client, bucket, "raw/")
         return landed if landed.rows >= expected else None
 
-    landed = wait_for(enough, timeout, f"{expected} rows in gs://{bucket}/raw",
+    wait_for(enough, timeout, f"{expected} rows in gs://{bucket}/raw",
                       interval=1.0, on_timeout=lambda: bridge.log()[-4000:])
     time.sleep(3)  # anything more that would land (duplicates) lands now
     return read_gcs(client, bucket, "raw/")  # type: ignore[return-value]
@@ -77,7 +77,9 @@ def assert_exactly_once(landed, expected: dict[tuple[int, int], bytes]) -> None:
         assert {k: row[k] for k in original} == original, f"payload differs at {identity}"
 
 
-def expected_records(bootstrap: str, topic: str, values: list[bytes]) -> dict[tuple[int, int], bytes]:
+def expected_records(
+    bootstrap: str, topic: str, values: list[bytes]
+) -> dict[tuple[int, int], bytes]:
     """Produce round-robin over 3 partitions and return what each (partition, offset) holds."""
     produce(bootstrap, topic, values)
     expected: dict[tuple[int, int], bytes] = {}

@@ -160,6 +160,7 @@ class Wal:
 
     def __init__(
         self,
+        *,
         root: Path,
         instance_id: str,
         keys: KeyPolicy,
@@ -213,8 +214,9 @@ class Wal:
         lock_fd = acquire_lock(root)
         try:
             identity = _ensure_identity(root, instance_id)
-            wal = cls(root, identity, keys, batch_size, batch_timeout, failpoints, lock_fd,
-                      now_ms, monotonic)
+            wal = cls(root=root, instance_id=identity, keys=keys, batch_size=batch_size,
+                      batch_timeout=batch_timeout, failpoints=failpoints, lock_fd=lock_fd,
+                      now_ms=now_ms, monotonic=monotonic)
             wal._recover()
         except BaseException:
             os.close(lock_fd)
@@ -231,24 +233,17 @@ class Wal:
                 self._lock_fd = -1
 
     def _recover(self) -> None:
+        """Bring the directory to a clean state: every segment sealed, quarantined or gone."""
         started = time.monotonic()
         report = RecoveryReport()
-        removed = 0
-        scanned = 0
         for directory in (self.root, self.segments_dir, self.outbox_dir, self.quarantine_dir):
-            removed += len(fs.remove_temp_files(directory))
+            report.removed_temp += len(fs.remove_temp_files(directory))
         self._load_state()
+        max_seq = max(self._last_shipped_seq, self._load_quarantine())
         converted = {
-            int(p.name[:-len(".parquet")]) for p in self.outbox_dir.glob("*.parquet")
-            if p.name[:-len(".parquet")].isdigit()
+            int(p.name[: -len(".parquet")]) for p in self.outbox_dir.glob("*.parquet")
+            if p.name[: -len(".parquet")].isdigit()
         }
-        max_seq = self._last_shipped_seq
-        for path in self.quarantine_dir.glob("*.reason.json"):
-            seq = int(path.name.split(".")[0])
-            max_seq = max(max_seq, seq)
-            with contextlib.suppress(ValueError, KeyError):
-                info = json.loads(path.read_text())
-                self._quarantined_ranges[seq] = ranges_from_json(info.get("ranges", []))
         names = sorted(
             (parsed, path)
             for path in self.segments_dir.iterdir()
@@ -257,54 +252,76 @@ class Wal:
         for (seq, state), path in names:
             max_seq = max(max_seq, seq)
             data = path.read_bytes()
-            scanned += len(data)
-            if state == OPEN and len(data) < SEGMENT_HEADER_SIZE:
-                path.unlink()  # created but its header never made it: holds no record
-                report.removed_empty += 1
-                continue
-            try:
-                result = scan(data)
-            except DecodeError as exc:
-                self._quarantine(seq, path, f"segment header: {exc.reason}", exc.offset, {})
-                report.quarantined.append((seq, exc.reason))
-                continue
-            if result.error is not None and not (state == OPEN and result.tail_only):
-                self._quarantine(seq, path, result.error.reason, result.error.offset,
-                                 result.ranges)
-                report.quarantined.append((seq, result.error.reason))
-                continue
-            if state == SEALED and result.seal is None:
-                self._quarantine(seq, path, "sealed segment has no seal frame", result.size,
-                                 result.ranges)
-                report.quarantined.append((seq, "no seal frame"))
-                continue
-            if result.error is not None:  # torn tail of the open segment: cut it, keep it
-                self._cut_tail(path, data, result)
-                report.truncated.append((seq, result.size - result.valid_end))
-            segment = Segment(seq, state, path, result.valid_end, result.records,
-                              result.created_ms, result.ranges, result.seal,
-                              converted=seq in converted)
-            if segment.converted:
-                segment.parquet_bytes = self._outbox_bytes(seq)
-            if state == OPEN:
-                if result.seal is not None:  # crashed between the seal frame and the rename
-                    self._rename_sealed(segment)
-                elif result.records == 0:
-                    path.unlink()
-                    fs.fsync_dir(self.segments_dir)
-                    report.removed_empty += 1
-                    continue
-                else:
-                    self._active = segment
-                    self._seal_active()
-                    report.sealed.append(seq)
-                    continue
-            self._index[seq] = segment
+            report.scanned_bytes += len(data)
+            segment = self._recover_segment(seq, state, path, data, report)
+            if segment is not None:
+                segment.converted = seq in converted
+                if segment.converted:
+                    segment.parquet_bytes = self._outbox_bytes(seq)
+                self._index[seq] = segment
         self._next_seq = max_seq + 1
-        report.removed_temp = removed
-        report.scanned_bytes = scanned
         report.duration_s = time.monotonic() - started
         self.recovery = report
+
+    def _load_quarantine(self) -> int:
+        """Remember the offset ranges of quarantined segments; return their highest number."""
+        highest = 0
+        for path in self.quarantine_dir.glob("*.reason.json"):
+            seq = int(path.name.split(".")[0])
+            highest = max(highest, seq)
+            with contextlib.suppress(ValueError, KeyError):
+                info = json.loads(path.read_text())
+                self._quarantined_ranges[seq] = ranges_from_json(info.get("ranges", []))
+        return highest
+
+    def _recover_segment(  # noqa: PLR0911 - one return per recovery outcome, in decision order
+        self, seq: int, state: str, path: Path, data: bytes, report: RecoveryReport
+    ) -> Segment | None:
+        """Decide what one segment file becomes; None when it leaves the index."""
+        if state == OPEN and len(data) < SEGMENT_HEADER_SIZE:
+            path.unlink()  # created, but its header never made it: it holds no record
+            report.removed_empty += 1
+            return None
+        try:
+            result = scan(data)
+        except DecodeError as exc:
+            self._quarantine_at_start(seq, path, f"segment header: {exc.reason}", exc.offset, {},
+                                      report=report)
+            return None
+        if result.error is not None and not (state == OPEN and result.tail_only):
+            self._quarantine_at_start(seq, path, result.error.reason, result.error.offset,
+                                      result.ranges, report=report)
+            return None
+        if state == SEALED and result.seal is None:
+            self._quarantine_at_start(seq, path, "sealed segment has no seal frame", result.size,
+                                      result.ranges, report=report)
+            return None
+        if result.error is not None:  # torn tail of the open segment: cut it, keep it
+            self._cut_tail(path, data, result)
+            report.truncated.append((seq, result.size - result.valid_end))
+        segment = Segment(seq, state, path, result.valid_end, result.records, result.created_ms,
+                          result.ranges, result.seal)
+        if state == SEALED:
+            return segment
+        if result.seal is not None:  # crashed between the seal frame and the rename
+            self._rename_sealed(segment)
+            return segment
+        if result.records == 0:
+            path.unlink()
+            fs.fsync_dir(self.segments_dir)
+            report.removed_empty += 1
+            return None
+        self._active = segment  # what a crash left open is sealed now; appends go to a new one
+        self._seal_active()
+        report.sealed.append(seq)
+        return segment
+
+    def _quarantine_at_start(
+        self, seq: int, path: Path, reason: str, offset: int, ranges: Ranges, *,
+        report: RecoveryReport,
+    ) -> None:
+        self._quarantine(seq, path, reason, offset, ranges)
+        report.quarantined.append((seq, reason))
 
     def _load_state(self) -> None:
         try:
@@ -419,7 +436,8 @@ class Wal:
         return self._active
 
     def _write(self, kind: FrameKind, body: bytes) -> None:
-        assert self._active is not None and self._active_fd is not None
+        assert self._active is not None
+        assert self._active_fd is not None
         frame = encode_frame(kind, body)
         _write_all(self._active_fd, frame)
         self._active.bytes += len(frame)
