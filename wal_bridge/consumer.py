@@ -18,14 +18,16 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from wal_bridge.config import Settings
 from wal_bridge.errors import WalBridgeError
 from wal_bridge.logs import RateLimited, get_logger
+from wal_bridge.metrics import Metrics, high_watermarks_from_stats
 from wal_bridge.wal.codec import RecordColumns
-from wal_bridge.wal.log import DiskFullError, Wal
+from wal_bridge.wal.log import Wal
 
 log = get_logger("wal_bridge.consumer")
 
 TP = tuple[str, int]
 MAX_POLL = 10_000
 RESUME_FRACTION = 0.9  # resume once the WAL is back under 90 % of WAL_MAX_BYTES
+STATS_INTERVAL_MS = 5_000  # librdkafka statistics: the high watermarks behind the lag gauge
 
 
 class ConsumerError(WalBridgeError):
@@ -65,13 +67,14 @@ def columns_of(messages: Sequence[Any]) -> RecordColumns:
 
 
 class BridgeConsumer:
-    def __init__(self, settings: Settings, wal: Wal) -> None:
+    def __init__(self, settings: Settings, wal: Wal, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.wal = wal
         self.policy = settings.commit_policy
         self._consumer = Consumer(
             {**consumer_config(settings, wal.instance_id), "on_commit": self._on_commit,
-             "error_cb": self._on_error}
+             "error_cb": self._on_error, "stats_cb": self._on_stats,
+             "statistics.interval.ms": STATS_INTERVAL_MS}
         )
         self._assigned: set[TP] = set()
         self._appended: dict[TP, int] = {}  # next offset after the last durable record
@@ -83,6 +86,9 @@ class BridgeConsumer:
         self._last_policy_commit = 0.0
         self.records_appended = 0
         self.batches_appended = 0
+        self.metrics = metrics or Metrics()
+        self.high_watermarks: dict[TP, int] = {}  # from the client's statistics (lag gauge)
+        self.rebalanced = False  # set at the first assignment (readiness)
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
@@ -103,6 +109,7 @@ class BridgeConsumer:
             timeout = min(timeout, 1.0)
         messages = self._consumer.consume(num_messages=self._poll_size(), timeout=timeout)
         good = [m for m in messages if m.error() is None]
+        self.metrics.records_consumed.inc(len(good))
         if len(good) != len(messages):
             for m in messages:
                 if (err := m.error()) is not None:
@@ -111,11 +118,7 @@ class BridgeConsumer:
         if self._pending is not None:
             batch = self._pending if batch is None else _concat(self._pending, batch)
             self._pending = None
-        durable = 0
-        if batch is not None:
-            durable = self._append(batch)
-            if not durable:
-                self._pending = batch
+        durable = self._append(batch) if batch is not None else 0
         if self.policy == "upload":
             self.commit_shipped()
         self._update_backpressure()
@@ -125,22 +128,27 @@ class BridgeConsumer:
         return max(1, min(MAX_POLL, self.settings.batch_size))
 
     def _append(self, batch: Any) -> int:
-        try:
-            self.wal.append(batch)
-        except DiskFullError as exc:
-            self._pause(f"disk full: {exc}")
+        """Append to the WAL; commit what became durable; keep the rest pending (full disk)."""
+        started = time.perf_counter()
+        done = self.wal.append(batch)
+        self.metrics.wal_fsync_seconds.observe(time.perf_counter() - started)
+        if done < batch.num_rows:
+            self._pending = batch.slice(done)
+            self._pause(f"disk full: {self.wal.disk_full}")
+        if not done:
             return 0
-        rows = int(batch.num_rows)
-        self.records_appended += rows
+        durable = batch.slice(0, done)
+        self.records_appended += done
+        self.metrics.records_appended.inc(done)
         self.batches_appended += 1
-        topics = batch.column("_topic").dictionary_decode().to_pylist()
-        last = dict(zip(zip(topics, batch.column("_partition").to_pylist(), strict=True),
-                        batch.column("_offset").to_pylist(), strict=True))
+        topics = durable.column("_topic").dictionary_decode().to_pylist()
+        last = dict(zip(zip(topics, durable.column("_partition").to_pylist(), strict=True),
+                        durable.column("_offset").to_pylist(), strict=True))
         for tp, offset in last.items():
             self._appended[tp] = max(self._appended.get(tp, 0), offset + 1)
         if self.policy == "wal":
             self._commit({tp: self._appended[tp] for tp in last}, asynchronous=True)
-        return rows
+        return done
 
     # ----------------------------------------------------------------------------- commits
 
@@ -208,9 +216,11 @@ class BridgeConsumer:
             # Start after what the WAL holds or shipped when it is ahead of the group's commit;
             # otherwise at the commit, or (none yet) where auto.offset.reset says.
             tp.offset = max(held, known.offset) if max(held, known.offset) >= 0 else OFFSET_INVALID
-            self._appended.setdefault(key, max(held, known.offset, 0))
+            if tp.offset >= 0:
+                self._appended.setdefault(key, tp.offset)
             self._assigned.add(key)
         consumer.incremental_assign(partitions)
+        self.rebalanced = True
         if self._paused:
             consumer.pause(partitions)
         log.info("partitions_assigned", partitions=_names(partitions),
@@ -304,6 +314,9 @@ class BridgeConsumer:
             raise ConsumerError(f"Kafka client error: {err.str()}")
         if (suppressed := self._limited.allow(f"kafka_{err.code()}")) is not None:
             log.warning("kafka_error", error=err.str(), code=err.name(), suppressed=suppressed)
+
+    def _on_stats(self, raw: str) -> None:
+        self.high_watermarks = high_watermarks_from_stats(raw, self._assigned)
 
     def poll_callbacks(self, timeout: float = 0.1) -> None:
         """Serve rebalance and commit callbacks without taking records (partitions paused)."""

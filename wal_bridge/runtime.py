@@ -22,11 +22,12 @@ from wal_bridge.consumer import BridgeConsumer
 from wal_bridge.errors import SinkError, WalBridgeError
 from wal_bridge.failpoints import Failpoints
 from wal_bridge.logs import RateLimited, get_logger
+from wal_bridge.metrics import Metrics, MetricsServer, readiness
 from wal_bridge.parquet import Converter
 from wal_bridge.sealer import Sealer
 from wal_bridge.sink import Sink, open_sink
 from wal_bridge.uploader import Uploader
-from wal_bridge.wal.log import KeyPolicy, Wal, WalFatalError
+from wal_bridge.wal.log import DiskFullError, KeyPolicy, Wal, WalFatalError
 
 log = get_logger("wal_bridge.runtime")
 
@@ -89,10 +90,12 @@ class Bridge:
             instance_id=settings.instance_id,
             failpoints=Failpoints(settings.failpoint),
         )
-        self.sealer = Sealer(self.wal, Converter(settings.max_record_bytes))
-        self.uploader = Uploader(self.wal, self.sink, self.halt)
+        self.metrics = Metrics()  # a registry per bridge: tests run several in one process
+        self.sealer = Sealer(self.wal, Converter(settings.max_record_bytes), self.metrics)
+        self.uploader = Uploader(self.wal, self.sink, self.halt, metrics=self.metrics)
         self.consumer: BridgeConsumer | None = None
         self.started = time.monotonic()
+        self.metrics.watch(self)
 
     # ----------------------------------------------------------------------------- signals
 
@@ -133,7 +136,8 @@ class Bridge:
         ]
         for stage in stages:
             stage.start()
-        consumer = self.consumer = BridgeConsumer(self.settings, self.wal)
+        server = self._serve_metrics()
+        consumer = self.consumer = BridgeConsumer(self.settings, self.wal, self.metrics)
         try:
             consumer.subscribe()
             while not self.stop.is_set():
@@ -150,12 +154,21 @@ class Bridge:
                 consumer.commit_all()
             consumer.close()
             self.wal.close()
+            if server is not None:
+                server.stop()
         if self.fatal is not None:
             if isinstance(self.fatal, WalBridgeError):
                 raise self.fatal
             raise WalBridgeError(str(self.fatal)) from self.fatal
         log.info("bridge_stopped", left_in_wal=len(self.wal.snapshot()))
         return 0
+
+    def _serve_metrics(self) -> MetricsServer | None:
+        """/metrics, /healthz and /readyz on METRICS_PORT (0: off)."""
+        if not self.settings.metrics_port:
+            return None
+        return MetricsServer(self.metrics, lambda: readiness(self),
+                             self.settings.metrics_port).start()
 
     def _check_sink(self) -> None:
         try:
@@ -170,7 +183,10 @@ class Bridge:
         """Seal, convert and ship within the grace period; keep serving Kafka callbacks."""
         deadline = time.monotonic() + self.settings.shutdown_grace
         consumer.pause_all()
-        self.wal.seal()
+        try:
+            self.wal.seal()
+        except DiskFullError as exc:  # the open segment is sealed at the next start instead
+            log.warning("seal_at_shutdown_failed", error=str(exc))
         while time.monotonic() < deadline and self.fatal is None:
             if not self.wal.to_convert() and not self.wal.to_ship():
                 break

@@ -13,25 +13,33 @@ import time
 from pathlib import Path
 
 from wal_bridge.logs import RateLimited, get_logger
+from wal_bridge.metrics import Metrics
 from wal_bridge.parquet import Converter, footer_metadata, write_parquet
 from wal_bridge.wal import fs
 from wal_bridge.wal.codec import DecodeError
-from wal_bridge.wal.log import Segment, Wal
+from wal_bridge.wal.log import DiskFullError, Segment, Wal
 from wal_bridge.wal.segment import iter_batches
 
 log = get_logger("wal_bridge.sealer")
 
 
 class Sealer:
-    def __init__(self, wal: Wal, converter: Converter) -> None:
+    def __init__(self, wal: Wal, converter: Converter, metrics: Metrics | None = None) -> None:
         self.wal = wal
         self.converter = converter
+        self.metrics = metrics or Metrics()
         self._limited = RateLimited()
         self.disk_full = False
 
     def step(self) -> bool:
         """Seal if due, then convert the oldest sealed segment. Return whether work was done."""
-        sealed = self.wal.seal_if_due()
+        try:
+            sealed = self.wal.seal_if_due()
+        except DiskFullError as exc:
+            self.disk_full = True
+            if (suppressed := self._limited.allow("seal_failed")) is not None:
+                log.error("segment_seal_failed", error=str(exc), suppressed=suppressed)
+            sealed = False
         pending = self.wal.to_convert()
         if not pending:
             return sealed
@@ -68,6 +76,7 @@ class Sealer:
                           suppressed=suppressed)
             return False
         self.disk_full = False
+        self.metrics.dead_letters.inc(converted.dead_letters.num_rows)
         log.info(
             "segment_converted", segment=segment.seq, records=segment.records,
             rows=converted.data.num_rows, dead_letters=converted.dead_letters.num_rows,

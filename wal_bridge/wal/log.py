@@ -192,6 +192,7 @@ class Wal:
         self._quarantined_ranges: dict[int, Ranges] = {}
         self._last_shipped_seq = 0
         self.recovery = RecoveryReport()
+        self.disk_full: str | None = None  # why the last append stopped short, if it did
 
     # ----------------------------------------------------------------------------- opening
 
@@ -365,74 +366,83 @@ class Wal:
 
     # ----------------------------------------------------------------------------- appending
 
-    def append(self, batch: pa.RecordBatch) -> None:
-        """Append a polled batch and make it durable (one fsync, more only when it seals).
+    def append(self, batch: pa.RecordBatch) -> int:
+        """Append a polled batch and make it durable: one fsync, more only when it seals.
 
         Segments hold exactly ``batch_size`` records: a batch that crosses the boundary is
-        split, and the full segment is sealed on the way.
-        Raises DiskFullError (nothing of the batch is kept) or WalFatalError.
+        split, and each full segment is made durable and sealed on the way. Returns how many
+        records, from the start of the batch, are durable: all of them, or fewer when the disk
+        is full — the rest was rolled back and can be appended again once there is room.
+        Raises WalFatalError when durability can no longer be promised.
         """
         with self._lock:
             pos = 0
-            written_since_sync = False
-            undo: list[tuple[Segment, int, int, Ranges]] = []
-            try:
-                while pos < batch.num_rows:
-                    active = self._active or self._new_segment()
-                    room = self.batch_size - active.records
-                    part = batch.slice(pos, room)
-                    undo.append((active, active.bytes, active.records, dict(active.ranges)))
-                    for chunk in _chunks(part):
-                        self._write(FrameKind.RECORDS, encode_records(chunk))
-                    if active.first_append is None:
-                        active.first_append = self._monotonic()
-                    active.records += part.num_rows
-                    merge_ranges(active.ranges, batch_ranges(part))
-                    pos += part.num_rows
-                    written_since_sync = True
-                    self.failpoints.hit("after_append_before_fsync")
-                    if active.records >= self.batch_size:
-                        self._seal_active()
-                        undo.clear()  # sealed segments are durable and final
-                        written_since_sync = False
-            except OSError as exc:
-                self._rollback(undo)
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise DiskFullError(f"disk under {self.root} is full: {exc}") from exc
-                raise WalFatalError(f"cannot write to the WAL in {self.root}: {exc}") from exc
-            if written_since_sync:
-                self._sync_active()
-
-    def _rollback(self, undo: list[tuple[Segment, int, int, Ranges]]) -> None:
-        """Cut the active segment back to its size before this append (best effort)."""
-        for segment, size, records, ranges in undo:
-            if segment is self._active and self._active_fd is not None:
+            while pos < batch.num_rows:
                 try:
-                    os.ftruncate(self._active_fd, size)
-                except OSError as exc:
-                    raise WalFatalError(f"cannot roll back a failed append: {exc}") from exc
-                segment.bytes, segment.records, segment.ranges = size, records, ranges
-                if records == 0:
-                    segment.first_append = None
+                    pos += self._append_part(batch.slice(pos))
+                except DiskFullError as exc:
+                    self.disk_full = str(exc)
+                    return pos
+            self.disk_full = None
+            return pos
+
+    def _append_part(self, rest: pa.RecordBatch) -> int:
+        """Write as much of ``rest`` as fits in the active segment; return how many records
+        are now durable (0 when a full segment only got sealed)."""
+        active = self._active or self._new_segment()
+        if active.records >= self.batch_size:  # full, but its seal failed on a full disk
+            self._seal_active()
+            return 0
+        part = rest.slice(0, self.batch_size - active.records)
+        mark = (active.bytes, active.records, dict(active.ranges), active.first_append)
+        try:
+            for chunk in _chunks(part):
+                self._write(FrameKind.RECORDS, encode_records(chunk))
+        except OSError as exc:
+            self._rollback(active, mark)
+            raise _disk_error(exc, self.root) from exc
+        if active.first_append is None:
+            active.first_append = self._monotonic()
+        active.records += part.num_rows
+        merge_ranges(active.ranges, batch_ranges(part))
+        self.failpoints.hit("after_append_before_fsync")
+        self._sync_active()
+        if active.records >= self.batch_size:
+            with contextlib.suppress(DiskFullError):  # durable already; sealing is retried
+                self._seal_active()
+        return int(part.num_rows)
+
+    def _rollback(self, segment: Segment, mark: tuple[int, int, Ranges, float | None]) -> None:
+        """Cut the active segment back to where it was before a write that failed."""
+        assert self._active_fd is not None
+        try:
+            os.ftruncate(self._active_fd, mark[0])
+        except OSError as exc:
+            raise WalFatalError(f"cannot roll back a failed append: {exc}") from exc
+        segment.bytes, segment.records, segment.ranges, segment.first_append = mark
 
     def _new_segment(self) -> Segment:
         seq = self._next_seq
         path = self.segments_dir / segment_name(seq, OPEN)
         created = self._now_ms()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise _disk_error(exc, self.root) from exc
         try:
             header = encode_segment_header(seq, created)
             _write_all(fd, header)
             os.fsync(fd)
             fs.fsync_dir(self.segments_dir)
-        except OSError:
+        except OSError as exc:
             os.close(fd)
             path.unlink(missing_ok=True)
-            raise
+            raise _disk_error(exc, self.root) from exc
         self._next_seq += 1
         self._active_fd = fd
         self._active = Segment(seq, OPEN, path, len(header), 0, created)
         self._index[seq] = self._active
+        self.failpoints.hit("after_segment_create")
         return self._active
 
     def _write(self, kind: FrameKind, body: bytes) -> None:
@@ -445,6 +455,7 @@ class Wal:
     def _sync_active(self) -> None:
         assert self._active_fd is not None
         try:
+            self.failpoints.fail("fsync_error")
             os.fsync(self._active_fd)
         except OSError as exc:
             # After a failed fsync the page cache can no longer be trusted (the kernel may have
@@ -482,14 +493,17 @@ class Wal:
         key, dead_key = self.keys.keys(sealed_at, self.instance_id, active.seq)
         info = SealInfo(active.seq, self.instance_id, key, dead_key, sealed_at, active.records,
                         dict(active.ranges))
+        size = active.bytes
         try:
             self._write(FrameKind.SEAL, info.to_json())
             os.fsync(self._active_fd)
         except OSError as exc:
-            raise WalFatalError(f"cannot seal segment {active.seq}: {exc}") from exc
-        finally:
-            os.close(self._active_fd)
-            self._active_fd = None
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise WalFatalError(f"cannot seal segment {active.seq}: {exc}") from exc
+            self._rollback(active, (size, active.records, active.ranges, active.first_append))
+            raise _disk_error(exc, self.root) from exc
+        os.close(self._active_fd)
+        self._active_fd = None
         self.failpoints.hit("after_seal_trailer")
         active.seal = info
         self._rename_sealed(active)
@@ -659,6 +673,12 @@ def _chunks(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         return [batch]
     half = batch.num_rows // 2
     return _chunks(batch.slice(0, half)) + _chunks(batch.slice(half))
+
+
+def _disk_error(exc: OSError, root: Path) -> WalBridgeError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"the disk under {root} is full ({exc.strerror})")
+    return WalFatalError(f"cannot write to the WAL in {root}: {exc}")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -274,3 +274,64 @@ def test_the_instance_identity_lives_with_the_directory(tmp_path: Path) -> None:
     again.close()
     with pytest.raises(ConfigError, match="INSTANCE_ID='other'"):
         open_wal(tmp_path, instance_id="other")
+
+
+class FullDiskAfter:
+    """Stands in for the WAL's low-level write: fails with ENOSPC after ``writes`` writes."""
+
+    def __init__(self, writes: int) -> None:
+        self.writes = writes
+        from wal_bridge.wal import log as module
+
+        self.real = module._write_all
+
+    def __call__(self, fd: int, data: bytes) -> None:
+        import errno as errno_module
+        import os
+
+        if self.writes <= 0:
+            self.real(fd, data[: len(data) // 2])  # a partial write, as a full disk leaves
+            raise OSError(errno_module.ENOSPC, os.strerror(errno_module.ENOSPC))
+        self.writes -= 1
+        self.real(fd, data)
+
+
+def test_a_full_disk_keeps_a_durable_prefix_and_rolls_back_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On ENOSPC the append reports the durable prefix; the rest can be appended later."""
+    from wal_bridge.wal import log as module
+
+    wal = open_wal(tmp_path, batch_size=10)
+    wal.append(batch(0, 0, 4))
+    # Room for the rest of segment 1 (one frame) and its seal frame, then the disk is full.
+    monkeypatch.setattr(module, "_write_all", FullDiskAfter(writes=2))
+    done = wal.append(batch(0, 4, 12))
+    assert done == 6
+    assert wal.disk_full is not None
+    monkeypatch.undo()
+    assert wal.append(batch(0, 4 + done, 12 - done)) == 6
+    assert wal.disk_full is None
+    wal.close()
+    wal = open_wal(tmp_path, batch_size=10)
+    segments = wal.snapshot()
+    assert [s.records for s in segments] == [10, 6]
+    assert sum(r.count for s in segments for r in s.ranges.values()) == 16
+    assert wal.next_offsets() == {("events", 0): 16}
+    wal.close()
+
+
+def test_a_seal_that_hits_a_full_disk_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full segment whose seal did not fit stays durable and is sealed once there is room."""
+    from wal_bridge.wal import log as module
+
+    wal = open_wal(tmp_path, batch_size=5)
+    monkeypatch.setattr(module, "_write_all", FullDiskAfter(writes=2))  # header + records only
+    assert wal.append(batch(0, 0, 5)) == 5
+    assert [(s.state, s.records) for s in wal.snapshot()] == [("open", 5)]
+    monkeypatch.undo()
+    assert wal.append(batch(0, 5, 2)) == 2
+    assert [(s.state, s.records) for s in wal.snapshot()] == [("sealed", 5), ("open", 2)]
+    wal.close()
