@@ -1,0 +1,1 @@
+"""Development scripts: service provisioning for tests and people, benchmarks."""

@@ -1,0 +1,105 @@
+"""Real services for wal-bridge's tests and for a developer: Kafka, a GCS emulator, Toxiproxy.
+
+Used by ``tests/conftest.py`` (session fixtures) and by ``python -m scripts.services``
+(``scripts/dev-services``, ``scripts/test``). Standard library only, so it runs on the system
+Python. Provisioning fills one cache (see ``cache.py``) once; later runs start in seconds.
+
+Each service can instead be named by an environment variable, for instance to run the tests
+against the compose stack; nothing is provisioned or started for it then:
+
+- ``WAL_BRIDGE_TEST_KAFKA``: bootstrap servers (``127.0.0.1:9092``)
+- ``WAL_BRIDGE_TEST_GCS``: emulator URL (``http://127.0.0.1:4443``)
+- ``WAL_BRIDGE_TEST_TOXIPROXY``: Toxiproxy API URL (``http://127.0.0.1:8474``)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from . import gcs, kafka, toxiproxy
+from .cache import cache_root, log
+from .errors import (
+    NotManagedError,
+    PortTakenError,
+    ProvisionError,
+    ServiceError,
+    SetupError,
+    StartError,
+    ToolMissingError,
+)
+
+KAFKA_ENV = "WAL_BRIDGE_TEST_KAFKA"
+GCS_ENV = "WAL_BRIDGE_TEST_GCS"
+TOXIPROXY_ENV = "WAL_BRIDGE_TEST_TOXIPROXY"
+SERVICES = ("kafka", "gcs", "toxiproxy")
+
+__all__ = [
+    "GCS_ENV",
+    "KAFKA_ENV",
+    "SERVICES",
+    "TOXIPROXY_ENV",
+    "NotManagedError",
+    "PortTakenError",
+    "ProvisionError",
+    "ServiceError",
+    "SetupError",
+    "StartError",
+    "ToolMissingError",
+    "cache_root",
+    "external",
+    "gcs",
+    "kafka",
+    "provision_all",
+    "toxiproxy",
+]
+
+
+def external(service: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The address the environment gives for ``service``, or None if the harness runs it."""
+    variable = {"kafka": KAFKA_ENV, "gcs": GCS_ENV, "toxiproxy": TOXIPROXY_ENV}[service]
+    value = (os.environ if env is None else env).get(variable, "").strip()
+    return value or None
+
+
+def provision_all(
+    services: tuple[str, ...] = SERVICES, env: Mapping[str, str] | None = None
+) -> float:
+    """Fill the cache for every service in ``services`` that the environment does not name.
+
+    Maven and the Go builds run side by side (one is network-bound, the other CPU-bound).
+    Returns the seconds it took. Raises one SetupError that names every missing tool or failed
+    step when all failures are of that kind (say, no `mvn` and no `go`).
+    """
+    started = time.monotonic()
+    root = cache_root()
+    wanted = [s for s in services if external(s, env) is None]
+
+    def go_builds() -> None:
+        if "gcs" in wanted:
+            gcs.provision(root)
+        if "toxiproxy" in wanted:
+            toxiproxy.provision(root)
+
+    def kafka_jars() -> None:
+        kafka.require_java()
+        kafka.provision(root)
+
+    jobs: list[Callable[[], object]] = [go_builds]
+    if "kafka" in wanted:
+        jobs.append(kafka_jars)
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = [pool.submit(job) for job in jobs]
+    failures = [error for f in futures if (error := f.exception()) is not None]
+    setup_failures = [e for e in failures if isinstance(e, SetupError)]
+    if setup_failures and len(setup_failures) == len(failures):
+        raise SetupError.combine(setup_failures)
+    if failures:
+        raise failures[0]
+    elapsed = time.monotonic() - started
+    named = [s for s in services if s not in wanted]
+    suffix = f"; named by the environment: {', '.join(named)}" if named else ""
+    log(f"services provisioned in {elapsed:.1f} s (cache {root}){suffix}")
+    return elapsed
