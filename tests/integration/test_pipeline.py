@@ -182,3 +182,16 @@ def test_an_emulator_outage_loses_nothing(kafka, gcs, topic, bucket, tmp_path: P
         assert not list((tmp_path / "wal" / "segments").iterdir())
     finally:
         bridge.stop()
+
+
+def test_a_missing_bucket_stops_the_bridge_with_one_clear_line(kafka, gcs, topic,  # type: ignore[no-untyped-def]
+                                                                tmp_path: Path) -> None:
+    """A bucket that does not exist is reported at start in one line, not a stack trace."""
+    env = bridge_env(bootstrap=kafka.bootstrap, topic=topic, destination="gs://no-such-bucket/raw",
+                     wal_dir=tmp_path / "wal", emulator=gcs.url)
+    bridge = BridgeProcess(env, tmp_path / "bridge.log").start()
+    assert bridge.wait(60) == 1
+    last = bridge.log().strip().splitlines()[-1]
+    assert last.startswith("wal_bridge: error: checking gs://no-such-bucket: HTTP 404")
+    assert "create it (terraform apply) or fix DESTINATION" in last
+    assert "Traceback" not in bridge.log()
