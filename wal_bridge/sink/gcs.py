@@ -80,6 +80,13 @@ class GcsSink:
         if self._client is None:
             try:
                 self._client = self._make_client()
+            except (ValueError, KeyError, OSError) as exc:
+                # An unreadable or malformed key file: no retry will fix it.
+                raise SinkError(
+                    f"GOOGLE_APPLICATION_CREDENTIALS={self._credentials_file}: not a usable "
+                    f"service account key ({type(exc).__name__}: {_short(exc)}); fix the file "
+                    "or unset the variable to use workload identity", transient=False,
+                ) from exc
             except Exception as exc:
                 raise classify(exc, "connecting to GCS") from exc
         return self._client
