@@ -23,6 +23,7 @@ from tenacity import (
 
 from wal_bridge.errors import ObjectConflictError, SinkError
 from wal_bridge.logs import get_logger
+from wal_bridge.metrics import Metrics
 from wal_bridge.sink import PutResult, Sink
 from wal_bridge.wal.log import Segment, Wal
 
@@ -44,18 +45,20 @@ class Uploader:
         max_backoff: float = 30.0,
         stuck_retry: float = 60.0,
         on_shipped: Callable[[Segment], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.wal = wal
         self.sink = sink
         self.halt = halt
         self.stuck_retry = stuck_retry
         self.on_shipped = on_shipped
+        self.metrics = metrics or Metrics()
         self._not_before: dict[int, float] = {}
         self.retries = 0
         self.stuck: set[int] = set()
         self._retrying = Retrying(
             retry=retry_if_exception(_is_transient),
-            wait=wait_exponential_jitter(initial=initial_backoff, max=max_backoff, jitter=1.0),
+            wait=wait_exponential_jitter(multiplier=initial_backoff, max=max_backoff, jitter=1.0),
             stop=stop_when_event_set(halt),
             sleep=self._sleep,
             before_sleep=self._before_sleep,
@@ -68,6 +71,7 @@ class Uploader:
 
     def _before_sleep(self, state: RetryCallState) -> None:
         self.retries += 1
+        self.metrics.upload_retries.inc()
         exc = state.outcome.exception() if state.outcome else None
         segment = self._current
         attempts = 0
@@ -109,6 +113,8 @@ class Uploader:
         self.wal.mark_shipped(segment.seq)
         self._not_before.pop(segment.seq, None)
         self.stuck.discard(segment.seq)
+        self.metrics.records_shipped.inc(segment.records)
+        self.metrics.segments_shipped.inc()
         log.info(
             "segment_shipped", segment=segment.seq, records=segment.records,
             key=seal.key, bytes=segment.parquet_bytes, result=result.value,
@@ -127,6 +133,7 @@ class Uploader:
         attempts = self.wal.record_upload_failure(segment.seq, str(exc), permanent=True)
         self._not_before[segment.seq] = time.monotonic() + self.stuck_retry
         self.stuck.add(segment.seq)
+        self.metrics.upload_errors.inc()
         event = "segment_conflict" if isinstance(exc, ObjectConflictError) else "segment_stuck"
         log.error(event, segment=segment.seq, attempt=attempts, error=str(exc),
                   retry_in_s=self.stuck_retry)

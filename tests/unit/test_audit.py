@@ -1,0 +1,114 @@
+"""`wal_bridge audit` on local files: footers paired per segment, gaps and duplicates found."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from click.testing import CliRunner
+
+from wal_bridge.cli import main
+from wal_bridge.commands.audit import Coverage, Piece, audit, coverages, sweep
+from wal_bridge.config import load_settings
+from wal_bridge.sink.local import LocalSink
+
+
+def write_file(root: Path, key: str, segment: int, rows: dict[int, list[int]],
+               topic: str = "events") -> None:
+    """A Parquet file with the bridge's footer keys for ``rows`` (partition -> offsets)."""
+    partitions = [p for p, offsets in rows.items() for _ in offsets]
+    offsets = [o for offs in rows.values() for o in offs]
+    ranges = [{"topic": topic, "partition": p, "first_offset": min(o), "last_offset": max(o),
+               "records": len(o)} for p, o in sorted(rows.items())]
+    table = pa.table({"_topic": [topic] * len(offsets), "_partition": partitions,
+                      "_offset": offsets})
+    table = table.replace_schema_metadata({
+        "wal_bridge.ranges": json.dumps(ranges), "wal_bridge.records": str(len(offsets)),
+        "wal_bridge.segment": str(segment), "wal_bridge.instance": "bridge-a"})
+    path = root / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def piece(key: str, kind: str, segment: str, first: int, last: int, records: int) -> Piece:
+    return Piece(key, kind, segment, "events", 0, first, last, records)
+
+
+def test_a_data_file_and_its_dead_letter_file_together_cover_their_segment() -> None:
+    """Rows split between data and dead letters make one dense coverage, not a hole."""
+    found = coverages([piece("raw/a", "data", "i/1", 0, 9, 8),
+                       piece("dead-letter/a", "dead", "i/1", 3, 7, 2)])
+    assert found == {("events", 0): [Coverage(0, 9, 10, ["raw/a", "dead-letter/a"])]}
+    assert sweep(found[("events", 0)]) == {"landed": [(0, 9)], "gaps": [], "duplicates": [],
+                                           "holes": []}
+
+
+def test_the_sweep_finds_gaps_duplicates_and_holes() -> None:
+    """Offsets no file holds, offsets two files hold, and rows missing inside a file."""
+    result = sweep([Coverage(0, 9, 10, ["a"]), Coverage(20, 29, 10, ["b"]),
+                    Coverage(25, 34, 10, ["c"]), Coverage(35, 44, 8, ["d"])])
+    assert result["landed"] == [(0, 9), (20, 44)]
+    assert result["gaps"] == [{"first_offset": 10, "last_offset": 19, "missing": 10,
+                               "after": ["a"], "before": ["b"]}]
+    assert result["duplicates"] == [{"first_offset": 25, "last_offset": 29, "records": 5,
+                                     "keys": ["b", "c"]}]
+    assert result["holes"] == [{"first_offset": 35, "last_offset": 44, "missing": 2,
+                                "keys": ["d"]}]
+
+
+def test_two_copies_of_one_segment_file_are_a_duplicate() -> None:
+    """The same segment's data file under two keys is not merged into one coverage."""
+    found = coverages([piece("raw/a", "data", "i/1", 0, 9, 10),
+                       piece("raw/copy", "data", "i/1", 0, 9, 10)])
+    result = sweep(found[("events", 0)])
+    assert result["duplicates"] == [{"first_offset": 0, "last_offset": 9, "records": 10,
+                                     "keys": ["raw/a", "raw/copy"]}]
+
+
+def test_audit_reads_footers_of_a_local_destination(tmp_path: Path) -> None:
+    """A clean destination audits OK; foreign files are listed, not counted."""
+    write_file(tmp_path, "raw/dt=2026-01-01/a.parquet", 1, {0: list(range(0, 98)),
+                                                            1: list(range(0, 50))})
+    write_file(tmp_path, "dead-letter/dt=2026-01-01/a.parquet", 1, {0: [98, 99]})
+    write_file(tmp_path, "raw/dt=2026-01-02/b.parquet", 2, {0: list(range(100, 150))})
+    (tmp_path / "raw" / "dt=2026-01-02" / "notes.parquet").write_bytes(b"not parquet at all")
+    settings = load_settings({"DESTINATION": f"file://{tmp_path}"})
+
+    report = audit(settings, LocalSink(settings.require_destination()), None, kafka=False)
+
+    assert report["ok"] is True
+    rows = {p["partition"]: p for p in report["partitions"]}
+    assert rows[0]["landed"] == [[0, 149]]
+    assert rows[0]["records"] == 150
+    assert rows[0]["files"] == 3
+    assert rows[1]["landed"] == [[0, 49]]
+    assert report["foreign_objects"] == ["raw/dt=2026-01-02/notes.parquet"]
+    assert report["totals"]["objects"] == 4
+
+
+def test_audit_exits_1_on_a_gap_and_a_duplicate(tmp_path: Path) -> None:
+    """The command fails and names both problems, with offsets and files."""
+    write_file(tmp_path, "raw/dt=2026-01-01/a.parquet", 1, {0: list(range(0, 100))})
+    write_file(tmp_path, "raw/dt=2026-01-01/b.parquet", 2, {0: list(range(150, 200))})
+    write_file(tmp_path, "raw/dt=2026-01-01/c.parquet", 3, {0: list(range(180, 220))})
+
+    result = CliRunner().invoke(main, ["audit", "--destination", f"file://{tmp_path}",
+                                       "--no-kafka", "--json"])
+
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    (row,) = report["partitions"]
+    assert [(g["first_offset"], g["last_offset"], g["missing"]) for g in row["gaps"]] == [
+        (100, 149, 50)]
+    assert [(d["first_offset"], d["last_offset"], d["records"]) for d in row["duplicates"]] == [
+        (180, 199, 20)]
+    assert report["totals"] == {"objects": 3, "foreign_objects": 0, "records": 190, "gaps": 1,
+                                "missing_offsets": 50, "duplicates": 1,
+                                "duplicated_records": 20}
+    table = CliRunner().invoke(main, ["audit", "--destination", f"file://{tmp_path}",
+                                      "--no-kafka"])
+    assert "GAP        events[0] offsets 100-149 (50 missing)" in table.output
+    assert "DUPLICATE  events[0] offsets 180-199 (20 records)" in table.output
+    assert "FAILED" in table.output

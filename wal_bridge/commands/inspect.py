@@ -1,0 +1,436 @@
+"""``wal_bridge inspect``: what is in a WAL directory, for people (a table) or scripts (JSON).
+
+Strictly read-only: it never takes the WAL's lock and never writes, so it is safe while the
+bridge runs. It reads each file once and copes with the bridge moving things meanwhile: an open
+segment may end in a frame being written (shown as in progress, not as damage), a segment may
+be sealed or shipped between listing and reading.
+
+Segment states: ``open`` (the active segment), ``sealed`` (waiting for conversion),
+``converted`` (its Parquet file is in the outbox, waiting for upload; ``stuck`` when its upload
+failed permanently), and ``quarantined`` (damaged, set aside; see ``wal_bridge replay``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from wal_bridge.commands.common import (
+    echo_json,
+    human_age,
+    human_bytes,
+    iso_ms,
+    now_ms,
+    settings_options,
+    specs,
+    table,
+)
+from wal_bridge.config import Settings, load_settings
+from wal_bridge.errors import ConfigError
+from wal_bridge.wal.codec import SEGMENT_HEADER_SIZE, DecodeError
+from wal_bridge.wal.log import describe_lock, read_identity
+from wal_bridge.wal.segment import (
+    OPEN,
+    SEALED,
+    ScanResult,
+    merge_ranges,
+    parse_segment_name,
+    ranges_from_json,
+    ranges_to_json,
+    scan,
+    segment_name,
+)
+
+STATES = ("open", "sealed", "converted", "quarantined")
+
+
+# ------------------------------------------------------------------------------- the lock
+
+
+def lock_holder(root: Path) -> dict[str, Any]:
+    """Who holds ``root``'s lock, found without taking it.
+
+    On Linux the kernel lists every flock in ``/proc/locks`` by inode; failing that, the pid
+    written in LOCK is checked for an open descriptor on the file. Elsewhere, fall back to
+    :func:`describe_lock` (which takes a shared lock for an instant).
+    """
+    path = root / "LOCK"
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return {"locked": False, "pid": None}
+    try:
+        table_text = Path("/proc/locks").read_text()
+    except OSError:
+        return describe_lock(root)
+    matches: list[tuple[bool, int]] = []
+    for line in table_text.splitlines():
+        parts = line.split()
+        if len(parts) < 6 or parts[1] == "->" or parts[1] != "FLOCK":
+            continue
+        dev_major, dev_minor, inode = parts[5].split(":")
+        if int(inode) != st.st_ino:
+            continue
+        same_dev = (int(dev_major, 16), int(dev_minor, 16)) == (os.major(st.st_dev),
+                                                                 os.minor(st.st_dev))
+        matches.append((same_dev, int(parts[4])))
+    if matches:
+        matches.sort(reverse=True)
+        return {"locked": True, "pid": matches[0][1] or _pid_in_file(path)}
+    pid = _pid_in_file(path)
+    if pid is not None and _has_open(pid, path):
+        return {"locked": True, "pid": pid}
+    return {"locked": False, "pid": None}
+
+
+def _pid_in_file(path: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(path.read_text().strip())
+    return None
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Does process ``pid`` have ``path`` open (it holds the lock while it does)?"""
+    target = path.resolve()
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(fd)) == target:
+                return True
+    return False
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _identity(root: Path) -> str | None:
+    with contextlib.suppress(ValueError, KeyError, TypeError, OSError):
+        return read_identity(root)
+    return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _segment(root: Path, seq: int, state: str, data: bytes, *, locked: bool,
+             now: int) -> dict[str, Any]:
+    outbox = root / "outbox"
+    entry: dict[str, Any] = {
+        "segment": seq, "state": state, "file": f"segments/{segment_name(seq, state)}",
+        "records": 0, "bytes": len(data), "parquet_bytes": 0, "dead_letter_bytes": 0,
+        "created_at": None, "age_s": None, "sealed_at": None, "key": None,
+        "dead_letter_key": None, "ranges": [], "tail": None, "damage": None, "upload": None,
+    }
+    if state == OPEN and len(data) < SEGMENT_HEADER_SIZE:
+        # Created, its header not yet (or never) written: holds no record; a start removes it.
+        entry["tail"] = {"status": "in_progress" if locked else "torn", "bytes": len(data),
+                         "reason": "segment header not written yet"}
+        return entry
+    try:
+        result: ScanResult | None = scan(data)
+    except DecodeError as exc:
+        result = None
+        entry["damage"] = {"reason": f"segment header: {exc.reason}", "byte_offset": exc.offset}
+    if result is not None:
+        entry["records"] = result.records
+        entry["created_at"] = iso_ms(result.created_ms)
+        entry["age_s"] = round(max(0, now - result.created_ms) / 1000, 3)
+        entry["ranges"] = ranges_to_json(result.ranges)
+        if result.seal is not None:
+            entry.update(sealed_at=iso_ms(result.seal.sealed_at_ms), key=result.seal.key,
+                         dead_letter_key=result.seal.dead_letter_key)
+        error = result.error
+        if error is not None and state == OPEN and result.tail_only:
+            # The bridge may be writing this frame right now; a stopped bridge cuts it off
+            # (and keeps the bytes in N.torn) at its next start. Neither is damage.
+            entry["tail"] = {
+                "status": "in_progress" if locked else "torn",
+                "bytes": result.size - result.valid_end, "reason": error.reason,
+            }
+        elif error is not None:
+            entry["damage"] = {"reason": error.reason, "byte_offset": error.offset}
+        elif state == SEALED and result.seal is None:
+            entry["damage"] = {"reason": "sealed segment has no seal frame",
+                               "byte_offset": result.size}
+    if state == SEALED:
+        parquet = outbox / f"{seq:010d}.parquet"
+        if parquet.exists():
+            entry["state"] = "converted"
+            entry["parquet_bytes"] = _size(parquet)
+            entry["dead_letter_bytes"] = _size(outbox / f"{seq:010d}.dead.parquet")
+        status = _read_json(outbox / f"{seq:010d}.status.json")
+        if status is not None:
+            entry["upload"] = {
+                "attempts": int(status.get("attempts", 0)),
+                "last_error": status.get("last_error"),
+                "last_attempt_at": iso_ms(status.get("last_attempt_ms")),
+                "stuck": bool(status.get("stuck", False)),
+            }
+    return entry
+
+
+def _segments(root: Path, locked: bool, now: int) -> tuple[list[dict[str, Any]], list[int]]:
+    seg_dir = root / "segments"
+    names = sorted(
+        parsed for p in (seg_dir.iterdir() if seg_dir.is_dir() else [])
+        if (parsed := parse_segment_name(p.name)) is not None
+    )
+    entries: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for seq, listed in names:
+        if seq in seen:
+            continue  # listed as open and as sealed while it was being renamed
+        state = listed
+        data = _read(seg_dir / segment_name(seq, state))
+        if data is None and state == OPEN:  # sealed since we listed the directory
+            state = SEALED
+            data = _read(seg_dir / segment_name(seq, SEALED))
+        if data is None:
+            continue  # shipped since we listed the directory
+        seen.add(seq)
+        entries.append(_segment(root, seq, state, data, locked=locked, now=now))
+    seqs = {e["segment"] for e in entries}
+    orphans = sorted(
+        int(p.name[:10]) for p in (root / "outbox").glob("*.parquet")
+        if p.name[:10].isdigit() and int(p.name[:10]) not in seqs
+    ) if (root / "outbox").is_dir() else []
+    return entries, orphans
+
+
+def _quarantined(root: Path, now: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    qdir = root / "quarantine"
+    if not qdir.is_dir():
+        return [], []
+    entries = []
+    for reason_path in sorted(qdir.glob("*.reason.json")):
+        info = _read_json(reason_path) or {}
+        seq = int(info.get("segment", reason_path.name.split(".")[0]))
+        name = str(info.get("file", ""))
+        data = _read(qdir / name) if name else None
+        readable = None
+        if data is not None:
+            with contextlib.suppress(DecodeError):
+                readable = scan(data).records
+        at = info.get("quarantined_at_ms")
+        ranges = info.get("ranges", [])
+        entries.append({
+            "segment": seq, "state": "quarantined", "file": f"quarantine/{name}" if name else None,
+            "bytes": len(data) if data is not None else 0,
+            "reason": info.get("reason"), "byte_offset": info.get("byte_offset"),
+            "quarantined_at": iso_ms(at),
+            "age_s": round(max(0, now - int(at)) / 1000, 3) if at is not None else None,
+            "ranges": ranges, "records": sum(int(r.get("records", 0)) for r in ranges),
+            "readable_records": readable,
+        })
+    replayed = []
+    for path in sorted(qdir.glob("*.replayed.json")):
+        info = _read_json(path) or {}
+        replayed.append({
+            "segment": info.get("segment"), "replayed_at": info.get("replayed_at"),
+            "new_segments": info.get("new_segments", []),
+            "records": info.get("records"), "unrecovered": info.get("unrecovered", []),
+            "file": f"quarantine/{path.name}",
+        })
+    return entries, replayed
+
+
+def _partitions(segments: Iterable[dict[str, Any]], quarantined: Iterable[dict[str, Any]],
+                shipped: dict[tuple[str, int], int]) -> list[dict[str, Any]]:
+    pending: dict[tuple[str, int], Any] = {}
+    for entry in segments:
+        merge_ranges(pending, ranges_from_json(entry["ranges"]))
+    held_q: dict[tuple[str, int], Any] = {}
+    for entry in quarantined:
+        merge_ranges(held_q, ranges_from_json(entry["ranges"]))
+    rows = []
+    for tp in sorted(set(pending) | set(held_q) | set(shipped)):
+        rng, q = pending.get(tp), held_q.get(tp)
+        rows.append({
+            "topic": tp[0], "partition": tp[1],
+            "shipped_next_offset": shipped.get(tp),
+            "pending_first_offset": rng.first if rng else None,
+            "pending_last_offset": rng.last if rng else None,
+            "pending_records": rng.count if rng else 0,
+            "quarantined_first_offset": q.first if q else None,
+            "quarantined_last_offset": q.last if q else None,
+            "quarantined_records": q.count if q else 0,
+        })
+    return rows
+
+
+def inspect_wal(root: Path, now: int | None = None) -> dict[str, Any]:
+    """Everything ``inspect`` shows, as plain data (the ``--json`` output)."""
+    if not root.is_dir():
+        raise ConfigError(f"WAL_DIR (--wal-dir)={str(root)!r}: no such directory")
+    now = now_ms() if now is None else now
+    lock = lock_holder(root)
+    segments, orphans = _segments(root, lock["locked"], now)
+    quarantined, replayed = _quarantined(root, now)
+    state = _read_json(root / "state.json") or {}
+    shipped = {(s["topic"], int(s["partition"])): int(s["next_offset"])
+               for s in state.get("shipped", [])}
+    torn = [{"segment": int(p.name.split(".")[0]), "file": f"segments/{p.name}",
+             "bytes": _size(p)}
+            for p in sorted((root / "segments").glob("*.torn"))] \
+        if (root / "segments").is_dir() else []
+    by_state = dict.fromkeys(STATES, 0)
+    for entry in segments:
+        by_state[entry["state"]] += 1
+    by_state["quarantined"] = len(quarantined)
+    ages = [e["age_s"] for e in segments if e["age_s"] is not None and e["records"]]
+    totals = {
+        "segments": len(segments) + len(quarantined), "by_state": by_state,
+        "records": sum(e["records"] for e in segments),
+        "bytes": sum(e["bytes"] + e["parquet_bytes"] + e["dead_letter_bytes"] for e in segments),
+        "quarantined_bytes": sum(e["bytes"] for e in quarantined),
+        "oldest_age_s": max(ages) if ages else None,
+        "stuck": sum(1 for e in segments if e["upload"] and e["upload"]["stuck"]),
+        "retrying": sum(1 for e in segments if e["upload"] and not e["upload"]["stuck"]),
+        "damaged": sum(1 for e in segments if e["damage"]),
+    }
+    return {
+        "wal_dir": str(root), "generated_at": iso_ms(now), "instance_id": _identity(root),
+        "lock": {**lock, "running": lock["locked"]},
+        "last_shipped_segment": state.get("last_shipped_segment"),
+        "shipped": [{"topic": t, "partition": p, "next_offset": n}
+                    for (t, p), n in sorted(shipped.items())],
+        "segments": segments, "quarantined": quarantined, "replayed": replayed,
+        "torn": torn, "orphan_parquet": orphans,
+        "partitions": _partitions(segments, quarantined, shipped), "totals": totals,
+    }
+
+
+# ------------------------------------------------------------------------------- for people
+
+
+def _range_text(r: dict[str, Any]) -> str:
+    return f"{r['topic']}[{r['partition']}] {r['first_offset']}-{r['last_offset']}"
+
+
+def _note(entry: dict[str, Any]) -> str:
+    if entry["damage"]:
+        d = entry["damage"]
+        return f"DAMAGED at byte {d['byte_offset']}: {d['reason']} (quarantined at next start)"
+    if entry["tail"]:
+        t = entry["tail"]
+        if t["status"] == "in_progress":
+            return f"writing ({t['bytes']} bytes of a frame in progress)"
+        return f"torn tail of {t['bytes']} bytes (cut at next start)"
+    upload = entry["upload"]
+    if upload:
+        kind = "STUCK" if upload["stuck"] else "retrying"
+        return f"{kind} after {upload['attempts']} attempt(s): {upload['last_error']}"
+    return ""
+
+
+def render(report: dict[str, Any]) -> str:
+    lock = report["lock"]
+    held = (f"held by pid {lock['pid']} (the bridge is running)" if lock["locked"]
+            else "free (no bridge running on this WAL)")
+    out = [f"WAL {report['wal_dir']}  instance {report['instance_id'] or '-'}  lock {held}", ""]
+    rows = []
+    for e in report["segments"]:
+        ranges = e["ranges"] or [None]
+        for i, r in enumerate(ranges):
+            first = i == 0
+            rows.append([
+                f"{e['segment']:010d}" if first else "", e["state"] if first else "",
+                e["records"] if first else "",
+                human_bytes(e["bytes"] + e["parquet_bytes"] + e["dead_letter_bytes"])
+                if first else "",
+                human_age(e["age_s"]) if first else "",
+                f"{_range_text(r)} ({r['records']})" if r else "-",
+                (e["key"] or ("(at seal)" if e["state"] == "open" else "-")) if first else "",
+                _note(e) if first else "",
+            ])
+    if rows:
+        out.append(table(["SEGMENT", "STATE", "RECORDS", "BYTES", "AGE", "OFFSETS",
+                          "OBJECT KEY", "NOTE"], rows, right=(2, 3, 4)))
+    else:
+        out.append("no segments: everything consumed has been shipped")
+    if report["quarantined"]:
+        out += ["", "Quarantined (replay with `wal_bridge replay --quarantined`):"]
+        qrows = []
+        for q in report["quarantined"]:
+            ranges = ", ".join(_range_text(r) for r in q["ranges"]) or "unknown"
+            qrows.append([f"{q['segment']:010d}", q["file"] or "-", q["readable_records"],
+                          human_age(q["age_s"]), ranges,
+                          f"at byte {q['byte_offset']}: {q['reason']}"])
+        out.append(table(["SEGMENT", "FILE", "READABLE", "AGE", "OFFSETS", "REASON"], qrows,
+                         right=(2, 3)))
+    if report["replayed"]:
+        out += ["", "Replayed quarantine (kept for reference):"]
+        out.append(table(["SEGMENT", "REPLAYED AT", "RECORDS", "NEW SEGMENTS", "UNRECOVERED"],
+                         [[r["segment"], r["replayed_at"], r["records"],
+                           ",".join(str(s) for s in r["new_segments"]) or "-",
+                           len(r["unrecovered"]) or "-"] for r in report["replayed"]]))
+    if report["torn"]:
+        out += ["", "Torn tails cut off at recovery (kept for reference): " + ", ".join(
+            f"{t['file']} ({t['bytes']} bytes)" for t in report["torn"])]
+    if report["orphan_parquet"]:
+        out += ["", "Parquet files in the outbox without a segment: " + ", ".join(
+            f"{s:010d}" for s in report["orphan_parquet"])]
+    if report["partitions"]:
+        out += ["", "Partitions:"]
+        prow = []
+        for p in report["partitions"]:
+            pending = (f"{p['pending_first_offset']}-{p['pending_last_offset']}"
+                       if p["pending_records"] else "-")
+            quarantined = (f"{p['quarantined_first_offset']}-{p['quarantined_last_offset']}"
+                           if p["quarantined_records"] else "-")
+            prow.append([p["topic"], p["partition"], p["shipped_next_offset"]
+                         if p["shipped_next_offset"] is not None else "-",
+                         pending, p["pending_records"], quarantined])
+        out.append(table(["TOPIC", "PARTITION", "SHIPPED UP TO", "PENDING", "RECORDS",
+                          "QUARANTINED"], prow, right=(1, 2, 4)))
+    t = report["totals"]
+    states = ", ".join(f"{n} {s}" for s, n in t["by_state"].items())
+    out += ["", f"Total: {t['segments']} segments ({states}); {t['records']} records, "
+                f"{human_bytes(t['bytes'])} pending; oldest {human_age(t['oldest_age_s'])}; "
+                f"{t['stuck']} stuck, {t['damaged']} damaged"]
+    return "\n".join(out)
+
+
+@click.command()
+@click.argument("wal_dir_arg", metavar="[WAL_DIR]", required=False, type=click.Path())
+@settings_options(specs("wal_dir"))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def inspect(wal_dir_arg: str | None, as_json: bool, wal_dir: str | None) -> None:
+    """Show what the WAL holds: segments by state, offsets, keys, stuck and quarantined ones.
+
+    Read-only and lock-free: safe while the bridge runs.
+    """
+    settings: Settings = load_settings({"WAL_DIR": wal_dir_arg or wal_dir})
+    report = inspect_wal(settings.wal_dir)
+    if as_json:
+        echo_json(report)
+    else:
+        click.echo(render(report))

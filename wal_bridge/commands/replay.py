@@ -1,0 +1,588 @@
+"""``wal_bridge replay``: re-convert and re-ship stuck segments; rebuild quarantined ones.
+
+Pending segments (sealed, converted, stuck) go through the bridge's own path: the WAL is opened
+as ``run`` opens it (lock, recovery), then :meth:`Sealer.convert` and :meth:`Uploader.ship`.
+Object keys were fixed at seal time, so a replay of something that already landed finds the
+same object (same checksum) and counts it as shipped: replay is idempotent.
+
+A quarantined segment is rebuilt from two sources:
+
+1. every frame of the damaged file whose checksum holds, before and after the damage (the seal
+   frame, when it survived, gives the segment's exact offset ranges and counts);
+2. Kafka, for the offsets of those ranges that no good frame holds: a plain consumer assigned to
+   exact offsets (no group, nothing committed), after checking the watermarks. Offsets below
+   the earliest one Kafka still holds are reported, precisely, as not recoverable; the segment
+   is then left alone unless ``--accept-loss`` says to rebuild what can be.
+
+The records are appended to a new segment through :meth:`Wal.append` and sealed (new object
+key), the quarantined file is moved aside (``quarantine/N.<state>.replayed`` with
+``N.replayed.json``, never deleted), and the new segment is shipped like any other.
+
+The WAL lock makes replay and a running bridge exclusive: stop the bridge first. (A running
+bridge retries stuck segments every 60 s by itself; replay is for when an operator fixed the
+cause, or for quarantined segments, which the bridge never touches.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import pyarrow as pa
+
+from wal_bridge.commands.common import (
+    KafkaUnavailable,
+    PartitionOffsets,
+    Progress,
+    build_settings,
+    intervals,
+    iso_ms,
+    kafka_offsets,
+    now_ms,
+    settings_options,
+    show_runs,
+)
+from wal_bridge.commands.inspect import inspect_wal, lock_holder
+from wal_bridge.config import Settings
+from wal_bridge.errors import SinkError, WalBridgeError, WalLockedError
+from wal_bridge.wal import fs
+from wal_bridge.wal.codec import (
+    BATCH_SCHEMA,
+    FRAME_MAGIC,
+    SEGMENT_HEADER_SIZE,
+    DecodeError,
+    FrameKind,
+    decode_frame,
+    decode_records,
+    decode_segment_header,
+)
+from wal_bridge.wal.segment import (
+    Range,
+    Ranges,
+    SealInfo,
+    batch_ranges,
+    merge_ranges,
+    ranges_from_json,
+)
+
+TP = tuple[str, int]
+Run = tuple[int, int]
+FETCH_IDLE_TIMEOUT = 30.0  # give up on a partition after this long without a record
+
+
+class ReplayError(WalBridgeError):
+    """Replay could not finish; what was done is durable, the rest is left as it was."""
+
+
+# ------------------------------------------------------------------------------- salvage
+
+
+@dataclass
+class Salvage:
+    """What a quarantined segment still holds, and which of its offsets must come from Kafka."""
+
+    seq: int
+    file: Path | None
+    reason: dict[str, Any]
+    batches: list[pa.RecordBatch] = field(default_factory=list)
+    seal: SealInfo | None = None
+    ranges: Ranges = field(default_factory=dict)
+    need: dict[TP, list[Run]] = field(default_factory=dict)
+
+    @property
+    def local_records(self) -> int:
+        return sum(b.num_rows for b in self.batches)
+
+    @property
+    def needed(self) -> int:
+        return sum(b - a + 1 for runs in self.need.values() for a, b in runs)
+
+
+def salvage_frames(data: bytes) -> tuple[list[pa.RecordBatch], SealInfo | None]:
+    """Every frame of a damaged segment whose checksum holds, before and after the damage."""
+    view = memoryview(data)
+    try:
+        decode_segment_header(view)
+        pos = SEGMENT_HEADER_SIZE
+    except DecodeError:
+        pos = 0
+    batches: list[pa.RecordBatch] = []
+    seal = None
+    while pos < len(data):
+        try:
+            frame = decode_frame(view, pos)
+        except DecodeError:
+            nxt = data.find(FRAME_MAGIC, pos + 1)
+            if nxt < 0:
+                break
+            pos = nxt
+            continue
+        if frame.kind is FrameKind.RECORDS:
+            with contextlib.suppress(DecodeError):
+                batches.append(decode_records(frame))
+        else:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                seal = SealInfo.from_json(frame.body)
+        pos = frame.end
+    return batches, seal
+
+
+def missing_runs(rng: Range, have: Iterable[int]) -> list[Run]:
+    """The offsets of ``rng`` not in ``have``, as runs."""
+    runs: list[Run] = []
+    nxt = rng.first
+    for a, b in intervals(o for o in have if rng.first <= o <= rng.last):
+        if a > nxt:
+            runs.append((nxt, a - 1))
+        nxt = b + 1
+    if nxt <= rng.last:
+        runs.append((nxt, rng.last))
+    return runs
+
+
+def plan_quarantined(quarantine_dir: Path, seq: int) -> Salvage:
+    """Read a quarantined segment (read-only) and work out what Kafka must supply."""
+    reason_path = quarantine_dir / f"{seq:010d}.reason.json"
+    reason = json.loads(reason_path.read_text())
+    name = reason.get("file")
+    path = quarantine_dir / name if name else None
+    salvage = Salvage(seq, path if path is not None and path.exists() else None, reason)
+    if salvage.file is not None:
+        salvage.batches, salvage.seal = salvage_frames(salvage.file.read_bytes())
+    local: dict[TP, list[int]] = {}
+    local_ranges: Ranges = {}
+    for batch in salvage.batches:
+        merge_ranges(local_ranges, batch_ranges(batch))
+        topics = batch.column("_topic").dictionary_decode().to_pylist()
+        for t, p, o in zip(topics, batch.column("_partition").to_pylist(),
+                           batch.column("_offset").to_pylist(), strict=True):
+            local.setdefault((t, p), []).append(o)
+    if salvage.seal is not None:
+        salvage.ranges = dict(salvage.seal.ranges)
+    else:
+        salvage.ranges = ranges_from_json(reason.get("ranges", []))
+        merge_ranges(salvage.ranges, local_ranges)
+    for tp, rng in salvage.ranges.items():
+        have = local.get(tp, [])
+        if salvage.seal is not None and len(set(have)) >= rng.count:
+            continue  # the seal's count confirms every record was read back
+        runs = missing_runs(rng, have)
+        if runs:
+            salvage.need[tp] = runs
+    return salvage
+
+
+def split_need(need: dict[TP, list[Run]], offsets: dict[TP, PartitionOffsets]
+               ) -> tuple[dict[TP, list[Run]], list[dict[str, Any]]]:
+    """What Kafka can still supply, and what it cannot (with the reason)."""
+    fetch: dict[TP, list[Run]] = {}
+    lost: list[dict[str, Any]] = []
+    for tp, runs in need.items():
+        off = offsets.get(tp)
+        for a, b in runs:
+            if off is None:
+                lost.append(_lost(tp, a, b, "the partition does not exist in Kafka"))
+                continue
+            if a < off.earliest:
+                top = min(b, off.earliest - 1)
+                lost.append(_lost(tp, a, top, f"deleted from Kafka (earliest offset is now "
+                                              f"{off.earliest}) and unreadable in the file"))
+            if b >= off.latest:
+                low = max(a, off.latest)
+                lost.append(_lost(tp, low, b, f"past the partition's end ({off.latest}): "
+                                              "the topic was truncated or recreated"))
+            lo, hi = max(a, off.earliest), min(b, off.latest - 1)
+            if lo <= hi:
+                fetch.setdefault(tp, []).append((lo, hi))
+    return fetch, lost
+
+
+def _lost(tp: TP, a: int, b: int, why: str) -> dict[str, Any]:
+    return {"topic": tp[0], "partition": tp[1], "first_offset": a, "last_offset": b,
+            "count": b - a + 1, "why": why}
+
+
+# ------------------------------------------------------------------------------- Kafka
+
+
+class _Fetch:
+    """The state of one exact-offset read: which offsets came back, which partitions are done."""
+
+    def __init__(self, fetch: dict[TP, list[Run]]) -> None:
+        self.fetch = fetch
+        self.got: dict[TP, set[int]] = {tp: set() for tp in fetch}
+        self.ends = {tp: max(b for _, b in runs) for tp, runs in fetch.items()}
+        self.open = set(fetch)
+        self.total = sum(b - a + 1 for runs in fetch.values() for a, b in runs)
+
+    def take(self, messages: list[Any]) -> list[Any]:
+        """The messages to keep; marks partitions done at their end (or at end of log)."""
+        from confluent_kafka import KafkaError
+
+        keep = []
+        for m in messages:
+            tp = (m.topic(), m.partition())
+            err, offset = m.error(), m.offset()
+            if err is not None or offset is None:
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    self.open.discard(tp)
+                continue
+            runs = self.fetch.get(tp, [])
+            if any(a <= offset <= b for a, b in runs) and offset not in self.got[tp]:
+                self.got[tp].add(offset)
+                keep.append(m)
+            if tp in self.ends and offset >= self.ends[tp]:
+                self.open.discard(tp)
+        return keep
+
+    def absent(self) -> dict[TP, list[Run]]:
+        result = {}
+        for tp, runs in self.fetch.items():
+            missing = [r for a, b in runs for r in missing_runs(Range(a, b, 0), self.got[tp])]
+            if missing:
+                result[tp] = missing
+        return result
+
+
+def fetch_runs(settings: Settings, fetch: dict[TP, list[Run]], progress: Progress | None = None
+               ) -> tuple[list[pa.RecordBatch], dict[TP, list[Run]]]:
+    """Read exactly the offsets of ``fetch`` from Kafka; also return the runs it had no record
+    for (control records, compaction, or a broker that stopped answering)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from wal_bridge.consumer import columns_of
+
+    if not fetch:
+        return [], {}
+    state = _Fetch(fetch)
+    consumer = Consumer({
+        **settings.kafka_config(), "group.id": f"wal-bridge-replay-{uuid.uuid4().hex}",
+        "enable.auto.commit": False, "enable.auto.offset.store": False,
+        "enable.partition.eof": True, "auto.offset.reset": "earliest",
+    })
+    batches: list[pa.RecordBatch] = []
+    try:
+        consumer.assign([TopicPartition(t, p, min(a for a, _ in runs))
+                         for (t, p), runs in fetch.items()])
+        last_record = time.monotonic()
+        while state.open and time.monotonic() - last_record < FETCH_IDLE_TIMEOUT:
+            messages = consumer.consume(num_messages=5000, timeout=1.0)
+            if any(m.error() is None for m in messages):
+                last_record = time.monotonic()
+            keep = state.take(messages)
+            if keep:
+                batches.append(columns_of(keep).to_arrow())
+            if progress is not None:
+                got = sum(len(v) for v in state.got.values())
+                progress.update(f"fetching from Kafka: {got}/{state.total} records")
+    finally:
+        consumer.close()
+    return batches, state.absent()
+
+
+# ------------------------------------------------------------------------------- replaying
+
+
+@dataclass
+class Outcome:
+    segment: int
+    action: str
+    ok: bool
+    detail: str = ""
+    new_segments: list[int] = field(default_factory=list)
+    unrecovered: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"segment": self.segment, "action": self.action, "ok": self.ok,
+                "detail": self.detail, "new_segments": self.new_segments,
+                "unrecovered": self.unrecovered}
+
+
+def _watermarks(settings: Settings, topics: Iterable[str]) -> dict[TP, PartitionOffsets]:
+    return kafka_offsets(settings, sorted(set(topics)), None)
+
+
+def rebuild(bridge: Any, settings: Settings, salvage: Salvage, *, accept_loss: bool,
+            progress: Progress) -> Outcome:
+    """Rebuild one quarantined segment into new WAL segments and move the old file aside."""
+    outcome = Outcome(salvage.seq, "rebuild", False)
+    lost: list[dict[str, Any]] = []
+    kafka_batches: list[pa.RecordBatch] = []
+    absent: dict[TP, list[Run]] = {}
+    if salvage.need:
+        try:
+            offsets = _watermarks(settings, (t for t, _ in salvage.need))
+        except KafkaUnavailable as exc:
+            outcome.detail = (f"needs {salvage.needed} offsets from Kafka, which did not answer: "
+                              f"{exc}; left in quarantine")
+            return outcome
+        fetch, lost = split_need(salvage.need, offsets)
+        if lost and not accept_loss:
+            outcome.unrecovered = lost
+            outcome.detail = ("some offsets cannot be recovered (listed below); left in "
+                              "quarantine. Rerun with --accept-loss to rebuild the rest")
+            return outcome
+        kafka_batches, absent = fetch_runs(settings, fetch, progress)
+        progress.done()
+    table = pa.Table.from_batches([*salvage.batches, *kafka_batches], schema=BATCH_SCHEMA)
+    table = table.unify_dictionaries().combine_chunks()
+    table = table.sort_by([("_partition", "ascending"), ("_offset", "ascending")])
+    wal = bridge.wal
+    before = {s.seq for s in wal.snapshot()}
+    if table.num_rows:
+        for batch in table.to_batches(max_chunksize=10_000):
+            done = wal.append(batch)
+            if done < batch.num_rows:
+                raise ReplayError(f"segment {salvage.seq}: the disk under the WAL is full; "
+                                  "nothing was moved out of quarantine")
+        wal.seal()
+    new = sorted(s.seq for s in wal.snapshot() if s.seq not in before)
+    absent_list: list[dict[str, Any]] = [
+        {"topic": t, "partition": p, "first_offset": a, "last_offset": b, "count": b - a + 1}
+                   for (t, p), runs in sorted(absent.items()) for a, b in runs]
+    _move_aside(wal.quarantine_dir, salvage, {
+        "segment": salvage.seq, "replayed_at": iso_ms(now_ms()), "new_segments": new,
+        "records": table.num_rows, "from_file": salvage.local_records,
+        "from_kafka": table.num_rows - salvage.local_records,
+        "unrecovered": lost, "absent_in_kafka": absent_list,
+        "quarantine": salvage.reason,
+    })
+    outcome.ok = True
+    outcome.new_segments = new
+    outcome.unrecovered = lost
+    outcome.detail = (f"{table.num_rows} records ({salvage.local_records} from the file, "
+                      f"{table.num_rows - salvage.local_records} from Kafka) into segment(s) "
+                      f"{', '.join(str(s) for s in new) or '-'}")
+    if absent_list:
+        skipped = sum(a["count"] for a in absent_list)
+        outcome.detail += (f"; {skipped} offsets have no record in Kafka (transaction markers "
+                           "or compaction)")
+    return outcome
+
+
+def _move_aside(qdir: Path, salvage: Salvage, report: dict[str, Any]) -> None:
+    """The rebuilt data is durable in new segments: set the quarantined files aside, kept."""
+    seq = salvage.seq
+    fs.write_atomic(qdir / f"{seq:010d}.replayed.json",
+                    json.dumps(report, indent=2, default=str).encode())
+    if salvage.file is not None and salvage.file.exists():
+        os.replace(salvage.file, salvage.file.with_name(salvage.file.name + ".replayed"))
+    # Outbox files of the segment (converted before the damage was found) would never be
+    # shipped now: keep them beside it instead.
+    outbox = qdir.parent / "outbox"
+    for name in (f"{seq:010d}.parquet", f"{seq:010d}.dead.parquet", f"{seq:010d}.status.json"):
+        if (outbox / name).exists():
+            os.replace(outbox / name, qdir / f"{name}.replayed")
+            fs.fsync_dir(outbox)
+    (qdir / f"{seq:010d}.reason.json").unlink(missing_ok=True)
+    fs.fsync_dir(qdir)
+
+
+def ship(bridge: Any, seq: int) -> Outcome:
+    """Convert (if needed) and upload one pending segment through the bridge's own stages."""
+    segment = next((s for s in bridge.wal.snapshot() if s.seq == seq), None)
+    if segment is None:
+        return Outcome(seq, "ship", True, "already shipped")
+    if not segment.converted:
+        if not bridge.sealer.convert(segment):
+            quarantined = (bridge.wal.quarantine_dir / f"{seq:010d}.reason.json").exists()
+            return Outcome(seq, "convert", False, "quarantined at conversion: it no longer "
+                           "decodes" if quarantined else "conversion failed (disk full?)")
+        segment = next(s for s in bridge.wal.snapshot() if s.seq == seq)
+    assert segment.seal is not None
+    if bridge.uploader.ship(segment):
+        return Outcome(seq, "ship", True, f"shipped to {segment.seal.key}")
+    status_path = bridge.wal.status_path(seq)
+    error = "upload interrupted (timeout): the destination kept failing"
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        error = str(json.loads(status_path.read_text()).get("last_error", error))
+    if bridge.halt.is_set():
+        error = f"gave up after the time limit; last error: {error}"
+    return Outcome(seq, "ship", False, error)
+
+
+def _targets(ids: tuple[str, ...]) -> set[int]:
+    seqs = set()
+    for raw in ids:
+        digits = Path(raw).name.split(".")[0]
+        if not digits.isdigit():
+            raise click.BadParameter(f"{raw!r} is not a segment number", param_hint="SEGMENT")
+        seqs.add(int(digits))
+    return seqs
+
+
+# ------------------------------------------------------------------------------- dry run
+
+
+def _pending_plan(e: dict[str, Any]) -> str:
+    if e["damage"]:
+        action = (f"damaged ({e['damage']['reason']}): opening the WAL quarantines it; "
+                  "rebuild it with --quarantined")
+    elif e["state"] == "open":
+        action = "seal (as at every start), convert, upload"
+    elif e["state"] == "sealed":
+        action = f"convert, upload to {e['key']}"
+    else:
+        action = f"upload to {e['key']}"
+    why = ""
+    if e["upload"]:
+        u = e["upload"]
+        why = (f" [{'stuck' if u['stuck'] else 'retrying'} after {u['attempts']} "
+               f"attempt(s): {u['last_error']}]")
+    return f"  {e['segment']:010d}  {e['state']:<10} {e['records']:>7} records  -> {action}{why}"
+
+
+def _quarantined_plan(settings: Settings, q: dict[str, Any]) -> list[str]:
+    salvage = plan_quarantined(settings.wal_dir / "quarantine", q["segment"])
+    lines = [f"  {q['segment']:010d}  quarantined ({q['reason']})",
+             f"      {salvage.local_records} records readable in the file"
+             + (" (seal frame intact)" if salvage.seal else "")]
+    if salvage.need:
+        try:
+            offsets = _watermarks(settings, (t for t, _ in salvage.need))
+        except KafkaUnavailable as exc:
+            return [*lines, f"      needs from Kafka: {_need_text(salvage.need)}; Kafka did "
+                            f"not answer ({exc})"]
+        fetch, lost = split_need(salvage.need, offsets)
+        if fetch:
+            lines.append(f"      fetch from Kafka: {_need_text(fetch)}")
+        lines += [f"      NOT RECOVERABLE: {item['topic']}[{item['partition']}] "
+                  f"{item['first_offset']}-{item['last_offset']} ({item['count']}): "
+                  f"{item['why']}" for item in lost]
+        if lost:
+            return [*lines, "      -> left in quarantine unless --accept-loss"]
+    return [*lines, "      -> write a new segment, ship it, move the file aside "
+                    f"(quarantine/{Path(q['file'] or '').name}.replayed)"]
+
+
+def print_plan(settings: Settings, ids: set[int], *, everything: bool, quarantined_only: bool
+               ) -> None:
+    """What replay would do, from a read-only look at the WAL (and Kafka's watermarks)."""
+    report = inspect_wal(settings.wal_dir)
+    lines = ["Replay plan (dry run: nothing is changed)", ""]
+    lock = lock_holder(settings.wal_dir)
+    if lock["locked"]:
+        lines += [f"NOTE: the bridge is running on this WAL (pid {lock['pid']}); replay itself "
+                  "refuses until it stops (it retries stuck segments every 60 s by itself).", ""]
+    pending = [] if quarantined_only else [
+        e for e in report["segments"] if everything or e["segment"] in ids]
+    quarantined = [q for q in report["quarantined"]
+                   if everything or quarantined_only or q["segment"] in ids]
+    lines += [_pending_plan(e) for e in pending]
+    for q in quarantined:
+        lines += _quarantined_plan(settings, q)
+    if not pending and not quarantined:
+        lines.append("  nothing to replay")
+    click.echo("\n".join(lines))
+
+
+def _need_text(need: dict[TP, list[Run]]) -> str:
+    return "; ".join(f"{t}[{p}] {show_runs(runs)} ({sum(b - a + 1 for a, b in runs)})"
+                     for (t, p), runs in sorted(need.items()))
+
+
+# ------------------------------------------------------------------------------- command
+
+
+def replay_wal(settings: Settings, ids: set[int], *, everything: bool, quarantined_only: bool,
+               accept_loss: bool, timeout: float) -> list[Outcome]:
+    from wal_bridge.runtime import Bridge
+
+    try:
+        bridge = Bridge(settings)
+    except WalLockedError as exc:
+        raise WalLockedError(f"{exc}. Replay needs the WAL to itself; a running bridge retries "
+                             "stuck segments every 60 s on its own") from None
+    timer = threading.Timer(timeout, bridge.halt.set)
+    timer.daemon = True
+    timer.start()
+    progress = Progress()
+    outcomes: list[Outcome] = []
+    try:
+        try:
+            bridge.sink.check()
+        except SinkError as exc:
+            if not exc.transient:
+                raise
+        quarantine = bridge.wal.quarantine_dir
+        q_seqs = sorted(int(p.name.split(".")[0]) for p in quarantine.glob("*.reason.json"))
+        q_targets = [s for s in q_seqs if everything or quarantined_only or s in ids]
+        pending = [] if quarantined_only else [
+            s.seq for s in bridge.wal.snapshot() if everything or s.seq in ids]
+        unknown = ids - set(q_seqs) - {s.seq for s in bridge.wal.snapshot()}
+        for seq in sorted(unknown):
+            outcomes.append(Outcome(seq, "none", False, "no such segment in the WAL (shipped "
+                                    "already, or never existed)"))
+        for seq in q_targets:
+            progress.update(f"rebuilding quarantined segment {seq}", force=True)
+            outcome = rebuild(bridge, settings, plan_quarantined(quarantine, seq),
+                              accept_loss=accept_loss, progress=progress)
+            outcomes.append(outcome)
+            pending.extend(outcome.new_segments)
+        for i, seq in enumerate(sorted(set(pending)), 1):
+            progress.update(f"shipping segment {seq} ({i}/{len(set(pending))})", force=True)
+            outcomes.append(ship(bridge, seq))
+        progress.done()
+    finally:
+        timer.cancel()
+        bridge.halt.set()
+        bridge.wal.close()
+    return outcomes
+
+
+@click.command()
+@click.argument("segments", nargs=-1, metavar="[SEGMENT]...")
+@settings_options()
+@click.option("--all", "everything", is_flag=True,
+              help="Every pending segment (sealed, converted, stuck) and every quarantined one.")
+@click.option("--quarantined", "quarantined_only", is_flag=True,
+              help="Every quarantined segment.")
+@click.option("--dry-run", is_flag=True, help="Print what would be done; change nothing.")
+@click.option("--accept-loss", is_flag=True,
+              help="Rebuild a quarantined segment even when some of its offsets are gone from "
+                   "Kafka (they are listed, and recorded in N.replayed.json).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Seconds to keep retrying an unreachable destination before giving up.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+def replay(*, segments: tuple[str, ...], everything: bool, quarantined_only: bool, dry_run: bool,
+           accept_loss: bool, timeout: float, as_json: bool, **values: Any) -> None:
+    """Re-convert and re-ship stuck segments; rebuild quarantined ones from the file and Kafka.
+
+    Name segments by number, or use --all / --quarantined. Stop the bridge first: replay takes
+    the WAL's lock.
+    """
+    if not segments and not everything and not quarantined_only:
+        raise click.UsageError("name segments to replay, or use --all or --quarantined")
+    ids = _targets(segments)
+    settings = build_settings(values)
+    if dry_run:
+        print_plan(settings, ids, everything=everything, quarantined_only=quarantined_only)
+        return
+    settings.require_destination()
+    outcomes = replay_wal(settings, ids, everything=everything,
+                          quarantined_only=quarantined_only, accept_loss=accept_loss,
+                          timeout=timeout)
+    if as_json:
+        click.echo(json.dumps([o.to_json() for o in outcomes], indent=2))
+    else:
+        if not outcomes:
+            click.echo("nothing to replay")
+        for o in outcomes:
+            mark = "ok    " if o.ok else "FAILED"
+            click.echo(f"{mark} {o.segment:010d} {o.action}: {o.detail}")
+            for item in o.unrecovered:
+                click.echo(f"       not recovered: {item['topic']}[{item['partition']}] "
+                           f"{item['first_offset']}-{item['last_offset']} ({item['count']}): "
+                           f"{item['why']}")
+    # Lost offsets fail the command unless --accept-loss asked to rebuild without them.
+    if any(not o.ok or (o.unrecovered and not accept_loss) for o in outcomes):
+        raise SystemExit(1)
