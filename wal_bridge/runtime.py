@@ -91,7 +91,9 @@ class Bridge:
             failpoints=Failpoints(settings.failpoint),
         )
         self.metrics = Metrics()  # a registry per bridge: tests run several in one process
-        self.sealer = Sealer(self.wal, Converter(settings.max_record_bytes), self.metrics)
+        converter = Converter.open(settings.max_record_bytes, settings.wal_dir,
+                                   settings.schema_file)
+        self.sealer = Sealer(self.wal, converter, self.metrics)
         self.uploader = Uploader(self.wal, self.sink, self.halt, metrics=self.metrics)
         self.consumer: BridgeConsumer | None = None
         self.started = time.monotonic()

@@ -80,6 +80,7 @@ class Sealer:
         log.info(
             "segment_converted", segment=segment.seq, records=segment.records,
             rows=converted.data.num_rows, dead_letters=converted.dead_letters.num_rows,
+            cast_failures=converted.cast_failures,
             bytes=final.stat().st_size, duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
         return True

@@ -1,0 +1,448 @@
+"""The payload schema: which JSON fields become which typed columns, one schema for every file.
+
+It comes from one of two places, decided at start-up:
+
+- ``SCHEMA_FILE``, written by the user: the columns are fixed and never change;
+- otherwise ``WAL_DIR/schema.json``, inferred from the first segment that holds a decodable
+  record and pinned there (written atomically) before that segment's Parquet file exists, so a
+  restart, a replay and every later segment use the same columns.
+
+Both files have one format, a JSON list of columns in the order they appear in the files::
+
+    [
+      {"name": "event_id", "type": "string"},
+      {"name": "amount", "type": "float64"},
+      {"name": "context", "type": "json"}
+    ]
+
+Types: ``string``, ``int64``, ``float64``, ``bool``, ``timestamp`` and ``json`` (BigQuery's
+names ``INTEGER``, ``FLOAT``, ``BOOLEAN``, ``INT64``, ``FLOAT64``, ``BOOL``, ``STRING``,
+``TIMESTAMP`` and ``JSON`` are accepted too, in any case). An entry may also carry
+``"mode": "NULLABLE"`` and a ``"description"``, so ``bq show --schema`` output of flat tables
+can be reused. docs/schema.md says what each type accepts and where values that do not fit go.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from wal_bridge.config import SPECS_BY_NAME
+from wal_bridge.errors import ConfigError
+from wal_bridge.logs import get_logger
+from wal_bridge.wal import fs
+
+log = get_logger("wal_bridge.schema")
+
+PINNED_NAME = "schema.json"
+
+# Columns every data file carries besides the payload's: never a payload column name.
+METADATA_COLUMNS = (
+    "_topic", "_partition", "_offset", "_kafka_timestamp", "_key", "_headers", "_ingested_at",
+)
+EXTRA_COLUMN = "_extra"
+# The hive partition key of the external table (``raw/dt=YYYY-MM-DD/``): a column of that name
+# in the files would clash with it in BigQuery.
+PARTITION_KEY = "dt"
+RESERVED = frozenset(n.lower() for n in (*METADATA_COLUMNS, EXTRA_COLUMN, PARTITION_KEY))
+# Prefixes BigQuery keeps for itself (case-insensitive).
+BIGQUERY_PREFIXES = ("_table_", "_file_", "_partition", "_row_timestamp", "__root__", "_colon_")
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,299}")
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# What a timestamp column accepts: RFC 3339 / ISO 8601 date and time, 'T' or a space between
+# them, optional seconds and fraction, an optional offset (none means UTC). The same pattern runs
+# in Python (inference) and in RE2 (conversion), so it keeps to their common syntax.
+TIMESTAMP_PATTERN = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"
+    r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)?"
+)
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+
+
+class FieldType(enum.StrEnum):
+    STRING = "string"
+    INT64 = "int64"
+    FLOAT64 = "float64"
+    BOOL = "bool"
+    TIMESTAMP = "timestamp"
+    JSON = "json"  # any JSON value, kept as its (minified) JSON text in a STRING column
+
+    @property
+    def arrow(self) -> pa.DataType:
+        return _ARROW[self]
+
+
+_ARROW: dict[FieldType, pa.DataType] = {
+    FieldType.STRING: pa.string(),
+    FieldType.INT64: pa.int64(),
+    FieldType.FLOAT64: pa.float64(),
+    FieldType.BOOL: pa.bool_(),
+    FieldType.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    FieldType.JSON: pa.string(),
+}
+
+TYPE_NAMES: dict[str, FieldType] = {
+    **{t.value: t for t in FieldType},
+    "integer": FieldType.INT64,
+    "float": FieldType.FLOAT64,
+    "boolean": FieldType.BOOL,
+}
+
+
+class SchemaError(ValueError):
+    """A schema document that does not parse or breaks a rule; the message says which."""
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: FieldType
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a payload column (BigQuery's rules and ours), or None."""
+    if not NAME_PATTERN.fullmatch(name):
+        return ("a column name is 1-300 letters, digits or underscores, not starting with a "
+                "digit")
+    lowered = name.lower()
+    if lowered in RESERVED:
+        return f"{name!r} is reserved for the bridge's own columns"
+    if lowered.startswith(BIGQUERY_PREFIXES):
+        return f"{name!r} starts with a prefix BigQuery reserves"
+    return None
+
+
+@dataclass(frozen=True)
+class PayloadSchema:
+    """The payload columns, in file order. Immutable: the same for every file."""
+
+    fields: tuple[Field, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    def arrow_fields(self) -> list[pa.Field]:
+        return [pa.field(f.name, f.type.arrow) for f in self.fields]
+
+    def to_json(self) -> bytes:
+        """The file format: one column per line, stable bytes for the same schema."""
+        lines = ",\n".join(
+            "  " + json.dumps({"name": f.name, "type": f.type.value}) for f in self.fields
+        )
+        return (f"[\n{lines}\n]\n" if self.fields else "[]\n").encode()
+
+    def compact(self) -> str:
+        """A one-line form for Parquet footers and logs."""
+        return json.dumps([[f.name, f.type.value] for f in self.fields], separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, data: bytes | str) -> PayloadSchema:
+        """Parse the file format; raise SchemaError naming the first problem."""
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SchemaError(f"not valid JSON: {exc}") from None
+        if not isinstance(doc, list):
+            raise SchemaError('expected a JSON list of {"name": ..., "type": ...} objects')
+        fields: list[Field] = []
+        seen: dict[str, str] = {}
+        for position, item in enumerate(doc, start=1):
+            fields.append(_parse_field(position, item, seen))
+        return cls(tuple(fields))
+
+
+def _parse_field(position: int, item: Any, seen: dict[str, str]) -> Field:
+    where = f"column {position}"
+    if not isinstance(item, dict):
+        raise SchemaError(f'{where}: expected an object like {{"name": "id", "type": "int64"}}')
+    unknown = sorted(set(item) - {"name", "type", "mode", "description"})
+    if unknown:
+        raise SchemaError(f"{where}: unknown key {unknown[0]!r} (expected name, type, mode, "
+                          "description)")
+    name, kind = item.get("name"), item.get("type")
+    if not isinstance(name, str):
+        raise SchemaError(f"{where}: 'name' must be a string")
+    where = f"column {position} ({name!r})"
+    if (problem := name_problem(name)) is not None:
+        raise SchemaError(f"{where}: {problem}")
+    if name.lower() in seen:
+        raise SchemaError(f"{where}: same name as {seen[name.lower()]!r} (BigQuery column names "
+                          "ignore case)")
+    seen[name.lower()] = name
+    if not isinstance(kind, str) or kind.lower() not in TYPE_NAMES:
+        raise SchemaError(f"{where}: unknown type {kind!r}; expected one of "
+                          f"{', '.join(t.value for t in FieldType)} (nested values: json)")
+    mode = item.get("mode", "NULLABLE")
+    if not isinstance(mode, str) or mode.upper() != "NULLABLE":
+        raise SchemaError(f"{where}: mode {mode!r} is not supported: every column is NULLABLE "
+                          "(a REPEATED or RECORD value is a json column)")
+    return Field(name, TYPE_NAMES[kind.lower()])
+
+
+# ------------------------------------------------------------------------------- casting
+#
+# Each column is made from the JSON text of its field's value in every record (a "fragment",
+# minified by the parser: numbers, strings with their quotes, objects...). A value fits its
+# column only if its JSON type is the column's: a string column takes strings (not numbers), an
+# int64 column integers (not 1.5 or "1"), a float64 column any number, a bool column true or
+# false, a timestamp column a string matching TIMESTAMP_PATTERN, a json column anything. A value
+# that does not fit gives NULL here, and the caller keeps it in _extra.
+
+_INT18 = r"^-?(0|[1-9][0-9]{0,17})$"  # at most 18 digits: always inside int64
+_INT19 = r"^-?[1-9][0-9]{18}$"  # 19 digits: inside int64 or not, Python decides
+_NUMBER = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
+_QUOTED_TIMESTAMP = f'^"{TIMESTAMP_PATTERN}"$'
+_PLAIN_TIMESTAMP = (r'^"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?'
+                    r'(Z|[+-][0-9]{2}(:?[0-9]{2})?)"$')
+_NO_OFFSET = r"[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?$"  # no offset given: UTC is meant
+
+
+def cast_fragments(kind: FieldType, frags: pa.Array) -> pa.Array:
+    """Column values from JSON fragments (a string array, NULL for a missing or null field)."""
+    if kind is FieldType.JSON:
+        return frags
+    if kind is FieldType.STRING:
+        return _strings(frags)
+    if kind is FieldType.BOOL:
+        return pc.if_else(pc.equal(frags, _TRUE_TEXT), _TRUE,
+                          pc.if_else(pc.equal(frags, _FALSE_TEXT), _FALSE, _none(pa.bool_())))
+    if kind is FieldType.INT64:
+        return _ints(frags)
+    if kind is FieldType.FLOAT64:
+        try:  # the usual case, every value a number: Arrow's parser alone
+            values = _optimistic(frags, pa.float64())
+        except pa.ArrowInvalid:
+            ok = pc.match_substring_regex(frags, _NUMBER)
+            values = pc.if_else(ok, frags, _none(pa.string())).cast(pa.float64())
+        return pc.if_else(pc.is_finite(values), values, _none(pa.float64()))
+    return _timestamps(frags)
+
+
+def _none(kind: pa.DataType) -> pa.Scalar:
+    return pa.scalar(None, kind)
+
+
+def _text(value: str) -> pa.Scalar:
+    # Typed scalars: a bare Python literal in a compute call costs a slow conversion each time.
+    return pa.scalar(value, pa.string())
+
+
+_TRUE, _FALSE = pa.scalar(True, pa.bool_()), pa.scalar(False, pa.bool_())
+_TRUE_TEXT, _FALSE_TEXT = _text("true"), _text("false")
+_FIRST_INSTANT = pa.scalar(datetime(1, 1, 1, tzinfo=UTC), FieldType.TIMESTAMP.arrow)
+
+
+def _strings(frags: pa.Array) -> pa.Array:
+    quoted = pc.starts_with(frags, '"')
+    out = pc.if_else(quoted, pc.utf8_slice_codeunits(frags, 1, -1), _none(pa.string()))
+    data = frags.buffers()[2]
+    if data is None or b"\\" not in data.to_pybytes():
+        return out  # no escapes anywhere: one look at the bytes instead of one per value
+    escaped = pc.fill_null(pc.and_(quoted, pc.match_substring(frags, "\\")), _FALSE)
+    # Strings with escapes: Arrow's JSON reader decodes them all at once.
+    lines = pc.binary_join_element_wise(_text('{"v":'), frags.filter(escaped), _text("}"),
+                                        _text(""))
+    decoded = pajson.read_json(
+        pa.BufferReader("\n".join(lines.to_pylist()).encode()),
+        parse_options=pajson.ParseOptions(explicit_schema=pa.schema([("v", pa.string())])),
+    ).column("v").combine_chunks()
+    return pc.replace_with_mask(out, escaped, decoded)
+
+
+def _optimistic(frags: pa.Array, kind: pa.DataType) -> pa.Array:
+    """Arrow's cast, which fails on any value that is not a number. The parser writes numbers
+    in JSON's own grammar (no "+", no leading zeros, strings keep their quotes), so whatever
+    this cast reads is a JSON number; a quoted "5" or a true makes it fail, and the caller
+    checks value by value."""
+    return frags.cast(kind)
+
+
+def _ints(frags: pa.Array) -> pa.Array:
+    try:  # the usual case, every value an integer within int64
+        return _optimistic(frags, pa.int64())
+    except pa.ArrowInvalid:
+        pass
+    ok = pc.match_substring_regex(frags, _INT18)
+    out = pc.if_else(ok, frags, _none(pa.string())).cast(pa.int64())
+    long = pc.fill_null(pc.match_substring_regex(frags, _INT19), _FALSE)
+    if pc.any(long).as_py():
+        values = [int(v) for v in frags.filter(long).to_pylist()]
+        fits = [v if INT64_MIN <= v <= INT64_MAX else None for v in values]
+        out = pc.replace_with_mask(out, long, pa.array(fits, pa.int64()))
+    return out
+
+
+def _timestamps(frags: pa.Array) -> pa.Array:
+    kind = FieldType.TIMESTAMP.arrow
+    # Most values have an offset and at most microseconds: Arrow parses those as they are.
+    plain = pc.fill_null(pc.match_substring_regex(frags, _PLAIN_TIMESTAMP), _FALSE)
+    other = pc.and_(pc.is_valid(frags), pc.invert(plain))
+    ok = plain
+    if pc.any(other).as_py():
+        ok = pc.fill_null(pc.match_substring_regex(frags, _QUOTED_TIMESTAMP), _FALSE)
+    text = pc.utf8_slice_codeunits(frags.filter(ok), 1, -1)
+    if not plain.equals(ok):
+        # Cut digits finer than microseconds (the column keeps microseconds); no offset is UTC.
+        text = pc.replace_substring_regex(text, r"(\.[0-9]{6})[0-9]+", r"\1")
+        text = pc.if_else(pc.match_substring_regex(text, _NO_OFFSET),
+                          pc.binary_join_element_wise(text, _text("Z"), _text("")), text)
+    try:
+        parsed = text.cast(kind)
+    except pa.ArrowInvalid:  # an impossible date (February 30): sort them out one by one
+        parsed = pa.array([_one_timestamp(t) for t in text.to_pylist()], kind)
+    # BigQuery's TIMESTAMP starts at year 1; an earlier instant does not fit either.
+    parsed = pc.if_else(pc.less(parsed, _FIRST_INSTANT), _none(kind), parsed)
+    return pc.replace_with_mask(pa.nulls(len(frags), kind), ok, parsed)
+
+
+def _one_timestamp(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------------------- inference
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if INT64_MIN <= value <= INT64_MAX else "bigint"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "timestamp" if is_timestamp(value) else "string"
+    return "nested"  # dict or list
+
+
+def is_timestamp(text: str) -> bool:
+    """Does a timestamp column accept ``text``? (The pattern, and a real calendar date.)"""
+    if not _TIMESTAMP.fullmatch(text):
+        return False
+    try:
+        # fromisoformat takes at most 6 fraction digits; the column keeps microseconds anyway.
+        head, dot, tail = text.partition(".")
+        if dot:
+            digits = len(tail) - len(tail.lstrip("0123456789"))
+            text = f"{head}.{tail[:min(digits, 6)]:0<6}{tail[digits:]}"
+        datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "T", 1))
+    except ValueError:
+        return False
+    return True
+
+
+# Which column type a set of value kinds (nulls left out) becomes, first match wins.
+_RULES: tuple[tuple[frozenset[str], FieldType], ...] = (
+    (frozenset({"bool"}), FieldType.BOOL),
+    (frozenset({"int"}), FieldType.INT64),
+    (frozenset({"int", "float"}), FieldType.FLOAT64),
+    (frozenset({"timestamp"}), FieldType.TIMESTAMP),
+    (frozenset({"string", "timestamp"}), FieldType.STRING),
+)
+
+
+def _decide(kinds: set[str]) -> FieldType:
+    """Null-only (nothing tells the type), nested, integers beyond int64, and mixed kinds (a
+    number here, a string there) become json: such a column takes every later value exactly."""
+    kinds = kinds - {"null"}
+    for allowed, kind in _RULES:
+        if kinds and kinds <= allowed:
+            return kind
+    return FieldType.JSON
+
+
+def infer(records: Iterable[Mapping[str, Any]]) -> PayloadSchema:
+    """The schema of the first data: every usable top-level field, in order of appearance.
+
+    A field whose name cannot be a column (see :func:`name_problem`, or a second spelling of a
+    name that differs only in case) gets no column: its values go to ``_extra``.
+    """
+    kinds: dict[str, set[str]] = {}
+    for record in records:
+        for name, value in record.items():
+            kinds.setdefault(name, set()).add(_kind(value))
+    fields: list[Field] = []
+    taken: set[str] = set()
+    for name, seen in kinds.items():
+        if name_problem(name) is not None or name.lower() in taken:
+            continue
+        taken.add(name.lower())
+        fields.append(Field(name, _decide(seen)))
+    return PayloadSchema(tuple(fields))
+
+
+# ------------------------------------------------------------------------------- the store
+
+
+def _schema_file_error(path: Path, problem: str) -> ConfigError:
+    spec = SPECS_BY_NAME["schema_file"]
+    return ConfigError(f"{spec.env} ({spec.flag})={str(path)!r}: {problem}")
+
+
+class SchemaStore:
+    """Holds the schema in force and pins the first data's schema when none is fixed yet."""
+
+    def __init__(self, schema: PayloadSchema | None = None, *, pin_path: Path | None = None,
+                 source: str = "memory") -> None:
+        self._schema = schema
+        self.pin_path = pin_path
+        self.source = source
+
+    @classmethod
+    def open(cls, wal_dir: Path, schema_file: Path | None = None) -> SchemaStore:
+        """SCHEMA_FILE when given, else the schema pinned in ``wal_dir`` (or none yet)."""
+        if schema_file is not None:
+            try:
+                schema = PayloadSchema.parse(Path(schema_file).read_bytes())
+            except OSError as exc:
+                raise _schema_file_error(schema_file, f"cannot read it: {exc.strerror}") from None
+            except SchemaError as exc:
+                raise _schema_file_error(schema_file, str(exc)) from None
+            log.info("schema_loaded", source="SCHEMA_FILE", path=str(schema_file),
+                     columns=len(schema.fields))
+            return cls(schema, source="SCHEMA_FILE")
+        pinned = wal_dir / PINNED_NAME
+        try:
+            data = pinned.read_bytes()
+        except FileNotFoundError:
+            return cls(None, pin_path=pinned, source="first data")
+        try:
+            schema = PayloadSchema.parse(data)
+        except SchemaError as exc:
+            raise ConfigError(f"{pinned} (the schema pinned from the first data): {exc}; "
+                              "fix or remove it with the bridge stopped") from None
+        log.info("schema_loaded", source="pinned", path=str(pinned), columns=len(schema.fields))
+        return cls(schema, pin_path=pinned, source="pinned")
+
+    @property
+    def schema(self) -> PayloadSchema | None:
+        return self._schema
+
+    def pin(self, schema: PayloadSchema) -> PayloadSchema:
+        """Fix ``schema`` for good (durably, when there is a pin path); return the one in force."""
+        if self._schema is not None:
+            return self._schema
+        if self.pin_path is not None:
+            self.pin_path.parent.mkdir(parents=True, exist_ok=True)
+            fs.write_atomic(self.pin_path, schema.to_json())
+        self._schema = schema
+        self.source = "pinned"
+        log.info("schema_pinned", path=str(self.pin_path) if self.pin_path else None,
+                 columns=len(schema.fields), schema=schema.compact())
+        return schema
