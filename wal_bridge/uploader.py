@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow.parquet as pq
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -101,7 +102,10 @@ class Uploader:
             dead = self.wal.dead_letter_path(segment.seq)
             if dead.exists():
                 self._put(seal.dead_letter_key, dead)
-            result = self._put(seal.key, self.wal.parquet_path(segment.seq))
+            data = self.wal.parquet_path(segment.seq)
+            # A segment of dead letters only has no data rows: an empty file would only give
+            # schema detection (BigQuery's, DuckDB's) a table without the payload's columns.
+            result = self._put(seal.key, data) if pq.read_metadata(data).num_rows else None
         except SinkError as exc:
             if exc.transient:  # only when halted mid-retry: leave it for later
                 return False
@@ -117,7 +121,8 @@ class Uploader:
         self.metrics.segments_shipped.inc()
         log.info(
             "segment_shipped", segment=segment.seq, records=segment.records,
-            key=seal.key, bytes=segment.parquet_bytes, result=result.value,
+            key=seal.key, bytes=segment.parquet_bytes,
+            result=result.value if result else "no_data_rows",
             duration_ms=round((time.monotonic() - started) * 1000, 1),
             **_range_fields(segment),
         )
