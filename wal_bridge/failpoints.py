@@ -1,19 +1,23 @@
 """Failpoints: named steps at which a test can make the process die as abruptly as ``kill -9``.
 
-The chaos tests set ``WAL_BRIDGE_FAILPOINT`` to one of :data:`FAILPOINTS`; when execution reaches
-that step the process exits at once with :data:`EXIT_CODE`, without flushing, closing or
-unwinding anything. Unset (the default), a failpoint costs one string comparison.
+The chaos tests set ``WAL_BRIDGE_FAILPOINT`` to one of :data:`FAILPOINTS`. At a crash point
+(:data:`CRASH_POINTS`) the process exits at once with :data:`EXIT_CODE`, without flushing, closing
+or unwinding anything. At an error point (:data:`ERROR_POINTS`) the step's system call fails as
+the disk would make it fail, and the process handles that as it would handle the real error.
+Unset (the default), a failpoint costs one string comparison.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
 EXIT_CODE = 86
 
-FAILPOINTS = frozenset(
+CRASH_POINTS = frozenset(
     {
+        "after_segment_create",  # new segment's header written and fsynced, no frame yet
         "after_append_before_fsync",  # frame written to the segment, not yet fsynced
         "after_fsync_before_commit",  # batch durable in the WAL, offsets not committed
         "after_seal_trailer",  # seal frame written and fsynced, segment not yet renamed
@@ -25,6 +29,12 @@ FAILPOINTS = frozenset(
         "after_delete",  # segment and Parquet deleted, directory not yet fsynced
     }
 )
+ERROR_POINTS = frozenset(
+    {
+        "fsync_error",  # the next fsync of the active segment fails with EIO
+    }
+)
+FAILPOINTS = CRASH_POINTS | ERROR_POINTS
 
 
 class Failpoints:
@@ -41,6 +51,11 @@ class Failpoints:
             sys.stderr.write(f"failpoint {name}: exiting abruptly\n")
             sys.stderr.flush()
             os._exit(EXIT_CODE)
+
+    def fail(self, name: str) -> None:
+        """Raise the I/O error of a failing disk if ``name`` is the armed error point."""
+        if name == self.armed:
+            raise OSError(errno.EIO, f"failpoint {name}: injected I/O error")
 
 
 DISARMED = Failpoints()

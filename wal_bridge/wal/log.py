@@ -358,8 +358,13 @@ class Wal:
         fs.write_atomic(self.quarantine_dir / f"{seq:010d}.reason.json",
                         json.dumps(info, indent=2).encode())
         os.replace(path, target)
+        # Its converted files leave the outbox with it: nothing would ever ship or delete them.
+        for stale in (self.parquet_path(seq), self.dead_letter_path(seq), self.status_path(seq)):
+            if stale.exists():
+                os.replace(stale, self.quarantine_dir / stale.name)
         fs.fsync_dir(self.quarantine_dir)
         fs.fsync_dir(path.parent)
+        fs.fsync_dir(self.outbox_dir)
         self._quarantined_ranges[seq] = ranges
         log.error("segment_quarantined", segment=seq, reason=reason, offset=offset,
                   path=str(target))
