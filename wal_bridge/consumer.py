@@ -77,6 +77,10 @@ class BridgeConsumer:
              "statistics.interval.ms": STATS_INTERVAL_MS}
         )
         self._assigned: set[TP] = set()
+        # Recovery cut a torn tail: records there may have been committed (a disk that lost
+        # fsynced data), so the first position of each partition comes from the WAL alone.
+        self._distrust_commits = bool(wal.recovery.truncated)
+        self._positioned: set[TP] = set()
         self._appended: dict[TP, int] = {}  # next offset after the last durable record
         self._committed: dict[TP, int] = {}
         self._pending: Any = None  # a polled batch that could not be appended (disk full)
@@ -215,7 +219,17 @@ class BridgeConsumer:
                 self._committed[key] = known.offset
             # Start after what the WAL holds or shipped when it is ahead of the group's commit;
             # otherwise at the commit, or (none yet) where auto.offset.reset says.
-            tp.offset = max(held, known.offset) if max(held, known.offset) >= 0 else OFFSET_INVALID
+            position = max(held, known.offset)
+            if self._distrust_commits and key not in self._positioned and 0 <= held < position:
+                log.error(
+                    "position_from_wal_after_torn_tail", partition=tp.partition,
+                    topic=tp.topic, committed=known.offset, wal_next=held,
+                    note="offsets from wal_next on were cut from a torn WAL tail: reading "
+                         "them again (duplicates, if any, are removed by the dedup view)",
+                )
+                position = held
+            self._positioned.add(key)
+            tp.offset = position if position >= 0 else OFFSET_INVALID
             if tp.offset >= 0:
                 self._appended.setdefault(key, tp.offset)
             self._assigned.add(key)

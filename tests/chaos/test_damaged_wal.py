@@ -23,7 +23,7 @@ import pytest
 from scripts.services.toxiproxy import ToxiproxyClient
 from tests.chaos.oracle import read_topic
 from tests.chaos.scenario import Scenario, held_records, wal_files
-from tests.support import wait_for
+from tests.support import committed_offsets, wait_for
 from wal_bridge.wal.codec import (
     FRAME_HEADER_SIZE,
     FRAME_MAGIC,
@@ -99,6 +99,34 @@ def test_a_damaged_tail_is_cut_and_read_again(scenario: Scenario, kind: str) -> 
     truncated = sum(e["bytes"] for e in bridge.events("segment_tail_truncated"))
     assert truncated == (cut_bytes or 0), f"{what}: cut {truncated} bytes\n{bridge.tail()}"
     scenario.finish(damage=what, seed=SEED, truncated_bytes=truncated)
+
+
+def test_a_torn_tail_of_committed_records_is_read_again(scenario: Scenario) -> None:
+    """Under COMMIT_POLICY=wal a torn tail can hold committed records (a disk that lost
+    fsynced data): the restarted bridge reads them again from the WAL's own position."""
+    rng = random.Random(f"{SEED}-committed")
+    bridge = scenario.bridge(COMMIT_POLICY="wal", **KEEP_OPEN)
+    bridge.start()
+    scenario.wait_assigned(bridge)
+    for _ in range(3):
+        scenario.workload.produce(400)
+        wait_for(lambda: held_records(scenario.wal_dir(), ("open",))
+                 >= len(scenario.workload.acked), 60,
+                 "the records appended to the open segment", on_timeout=bridge.tail)
+    wait_for(lambda: sum(max(o, 0) for o in committed_offsets(
+        scenario.kafka.bootstrap, scenario.group, scenario.topic).values())
+             >= len(scenario.workload.acked), 60, "every appended record committed",
+             on_timeout=bridge.tail)
+    bridge.kill()
+    (segment,) = (scenario.wal_dir() / "segments").glob("*.open")
+    frames = frame_offsets(segment.read_bytes())
+    last_start, last_end = frames[-1]
+    cut = rng.randrange(last_start + 1, last_end)
+    segment.write_bytes(segment.read_bytes()[:cut])
+    bridge.start(BATCH_SIZE="500", BATCH_TIMEOUT="1")
+    scenario.wait_all_landed()
+    assert bridge.events("position_from_wal_after_torn_tail"), bridge.tail()
+    scenario.finish(damage=f"committed frame cut at byte {cut}", seed=SEED)
 
 
 def test_damaged_sealed_segments_are_quarantined_and_replayed(
