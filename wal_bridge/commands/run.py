@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from types import FrameType
 from typing import Any
 
 import click
@@ -10,10 +12,21 @@ import click
 from wal_bridge.commands.common import build_settings, settings_options
 
 
+def _stop_during_start(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM before the bridge runs: nothing is consumed yet, so stopping is simply exiting.
+
+    Recovery's state changes are atomic; one interrupted here is finished at the next start.
+    """
+    click.echo(f"wal_bridge: {signal.Signals(signum).name} during start-up: stopped", err=True)
+    raise SystemExit(0)
+
+
 @click.command()
 @settings_options()
 def run(**values: Any) -> None:
     """Consume, append to the WAL, seal into Parquet and ship to DESTINATION until stopped."""
+    signal.signal(signal.SIGTERM, _stop_during_start)
+    signal.signal(signal.SIGINT, _stop_during_start)
     from wal_bridge.runtime import Bridge
 
     settings = build_settings(values)
