@@ -169,14 +169,27 @@ class RecordColumns:
         )
 
     def to_arrow(self) -> pa.RecordBatch:
+        """The batch as Arrow. The common cases (one topic, no keys, no headers) skip the
+        per-record conversion of those columns: a third of this call's cost otherwise."""
+        n = len(self.offsets)
+        topics = self.topics
+        if n and topics.count(topics[0]) == n:
+            topic = pa.DictionaryArray.from_arrays(
+                pa.nulls(n, pa.int32()).fill_null(0), pa.array([topics[0]], pa.string())
+            )
+        else:
+            topic = pa.array(topics, pa.string()).dictionary_encode()
+        keys = self.keys
+        headers = self.headers
         arrays: list[Any] = [
-            pa.array(self.topics, pa.string()).dictionary_encode(),
+            topic,
             pa.array(self.partitions, pa.int32()),
             pa.array(self.offsets, pa.int64()),
             pa.array(self.timestamps, pa.int64()),
-            pa.array(self.keys, pa.binary()),
+            pa.nulls(n, pa.binary()) if keys.count(None) == n else pa.array(keys, pa.binary()),
             pa.array(self.values, pa.binary()),
-            pa.array(self.headers, HEADER_TYPE),
+            pa.nulls(n, HEADER_TYPE) if headers.count(None) == n
+            else pa.array(headers, HEADER_TYPE),
         ]
         return pa.RecordBatch.from_arrays(arrays, schema=BATCH_SCHEMA)
 

@@ -21,7 +21,7 @@ KUBERNETES_VERSIONS = ("1.32.0", "1.37.0")
 NAMESPACE = "wal-bridge"
 APP_LABELS = {"app.kubernetes.io/name": "wal-bridge"}
 # A mount path inside the container, not a temporary file of ours.
-SCRATCH_DIR = "/tmp"  # noqa: S108
+SCRATCH_DIR = "/tmp"
 
 
 def _documents() -> list[tuple[str, dict[str, Any]]]:
