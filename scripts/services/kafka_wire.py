@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 API_METADATA = 3
+API_LEAVE_GROUP = 13
 API_VERSIONS = 18
 API_CREATE_TOPICS = 19
 API_DESCRIBE_QUORUM = 55
@@ -268,3 +269,23 @@ def create_topic(
         raise KafkaWireError("CreateTopics returned no result")
     _, error, message = results[0]
     return error, message
+
+
+def leave_group(bootstrap: str, group: str, instance_id: str, timeout: float = 10.0) -> int:
+    """LeaveGroup v3 for a static member, by its group.instance.id; return the error code.
+
+    What an operator does (``kafka-consumer-groups --delete-members``-style) instead of waiting
+    out the session timeout. Sent to the bootstrap broker: the coordinator of a one-node cluster.
+    """
+    body = _string(group) + struct.pack(">i", 1) + _string("") + _string(instance_id)
+    reader = _call(bootstrap, API_LEAVE_GROUP, 3, body, flexible=False, timeout=timeout)
+    reader.int32()  # throttle_time_ms
+    error = reader.int16()
+    if error:
+        return error
+    member_error = 0
+    for _ in range(reader.int32()):
+        reader.nullable_string()  # member_id
+        reader.nullable_string()  # group_instance_id
+        member_error = reader.int16()
+    return member_error

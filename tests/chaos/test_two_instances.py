@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
-import struct
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from scripts.services.kafka_wire import leave_group
 from tests.chaos.scenario import ChaosBridge, Scenario
 from tests.support import committed_offsets, wait_for
 from wal_bridge.failpoints import EXIT_CODE
@@ -32,53 +31,7 @@ from wal_bridge.wal.codec import DecodeError
 from wal_bridge.wal.segment import scan
 
 SEED = int(os.environ.get("WAL_BRIDGE_CHAOS_SEED") or random.randrange(1 << 32))
-API_LEAVE_GROUP = 13
 SESSION_TIMEOUT_S = 45
-
-
-def _string(value: str | None) -> bytes:
-    if value is None:
-        return struct.pack(">h", -1)
-    raw = value.encode()
-    return struct.pack(">h", len(raw)) + raw
-
-
-def remove_static_member(bootstrap: str, group: str, instance_id: str) -> int:
-    """LeaveGroup v3 for a static member, by its group.instance.id; return the error code.
-
-    Sent to the bootstrap broker, which is the group coordinator of a one-broker cluster.
-    """
-    body = _string(group) + struct.pack(">i", 1) + _string("") + _string(instance_id)
-    frame = struct.pack(">hhi", API_LEAVE_GROUP, 3, 7) + _string("wal-bridge-chaos") + body
-    host, _, port = bootstrap.split(",", maxsplit=1)[0].rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(struct.pack(">i", len(frame)) + frame)
-        size = struct.unpack(">i", _recv(sock, 4))[0]
-        reply = _recv(sock, size)
-    correlation, _throttle, error = struct.unpack_from(">iih", reply, 0)
-    assert correlation == 7, "LeaveGroup: answer to another request"
-    if error:
-        return int(error)
-    (count,) = struct.unpack_from(">i", reply, 10)
-    pos = 14
-    member_error = 0
-    for _ in range(count):
-        for _nullable in range(2):  # member_id, group_instance_id
-            (length,) = struct.unpack_from(">h", reply, pos)
-            pos += 2 + max(length, 0)
-        (member_error,) = struct.unpack_from(">h", reply, pos)
-        pos += 2
-    return int(member_error)
-
-
-def _recv(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("the broker closed the connection")
-        data += chunk
-    return bytes(data)
 
 
 def owned(bridge: ChaosBridge) -> set[int]:
@@ -151,7 +104,7 @@ def test_one_of_two_instances_killed_loses_nothing(scenario: Scenario, death: st
     a_held = wal_next_offsets(scenario.wal_dir("a"))
     window = {p: max(0, a_held.get(p, 0) - at_kill[p]) for p in a_partitions}
 
-    error = remove_static_member(scenario.kafka.bootstrap, scenario.group, "chaos-a")
+    error = leave_group(scenario.kafka.bootstrap, scenario.group, "chaos-a")
     takeover = SESSION_TIMEOUT_S + 60 if error else 60
     wait_for(lambda: a_partitions <= owned(b), takeover,
              f"b taking over a's partitions {sorted(a_partitions)} (LeaveGroup error {error})",
