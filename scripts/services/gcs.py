@@ -15,8 +15,6 @@ went through a proxy. ``set_external_url`` moves it (for instance onto a Toxipro
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,11 +22,10 @@ from typing import Protocol
 
 from .cache import go_binary
 from .errors import ServiceError
-from .procs import LOOPBACK, ServiceProcess, ensure_port_free, free_port
+from .procs import LOOPBACK, LoopbackServer
 
 PACKAGE = "github.com/fsouza/fake-gcs-server"
 VERSION = "v1.56.1"
-READY_TIMEOUT = 30.0
 
 
 def provision(root: Path) -> Path:
@@ -90,20 +87,13 @@ class ExternalGcs:
         return emulator_ready(self.url)
 
 
-class FakeGcs:
+class FakeGcs(LoopbackServer):
     """A fake-gcs-server process with an in-memory backend, owned by the harness."""
 
-    managed = True
+    name = "fake-gcs-server"
 
-    def __init__(
-        self, binary: Path, workdir: Path | None = None, *, port: int = 0, detached: bool = False
-    ) -> None:
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="wal-bridge-gcs-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.owns_workdir = workdir is None
-        self.port = port or free_port()
-        self.url = f"http://{LOOPBACK}:{self.port}"
-        command = [
+    def command(self, binary: Path) -> list[str]:
+        return [
             str(binary),
             "-scheme", "http",
             "-host", LOOPBACK,
@@ -113,25 +103,9 @@ class FakeGcs:
             "-external-url", self.url,
             "-log-level", "warn",
         ]  # fmt: skip
-        self.log_path = self.workdir / "gcs.log"
-        self._process = ServiceProcess("fake-gcs-server", command, self.log_path, detached)
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    def start(self, timeout: float = READY_TIMEOUT) -> None:
-        if self._process.alive():
-            return
-        ensure_port_free(self.port, "fake-gcs-server")
-        self._process.start()
-        self._process.wait_ready(lambda: emulator_ready(self.url), timeout)
-
-    def alive(self) -> bool:
-        return self._process.alive()
-
-    def stop(self) -> None:
-        self._process.stop(grace=10.0)
+    def ready(self) -> bool:
+        return emulator_ready(self.url)
 
     def create_bucket(self, name: str) -> None:
         create_bucket(self.url, name)
@@ -139,8 +113,3 @@ class FakeGcs:
     def set_external_url(self, url: str | None) -> None:
         """Where resumable upload sessions point (``None``: back to the emulator itself)."""
         _request("PUT", f"{self.url}/_internal/config", {"externalUrl": url or self.url})
-
-    def close(self) -> None:
-        self.stop()
-        if self.owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -179,3 +181,52 @@ def stop_pid(pid: int, cmd_fragment: str, grace: float = 30.0) -> None:
             return
         time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
+
+
+class LoopbackServer:
+    """A server process the harness owns: a loopback port, a work directory and a log file.
+
+    Subclasses say how to run it (:meth:`command`) and when it is ready (:meth:`ready`).
+    """
+
+    managed = True
+    name = "server"
+
+    def __init__(
+        self, binary: Path, workdir: Path | None = None, *, port: int = 0, detached: bool = False
+    ) -> None:
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"wal-bridge-{self.name}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.owns_workdir = workdir is None
+        self.port = port or free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.log_path = self.workdir / f"{self.name}.log"
+        self._process = ServiceProcess(self.name, self.command(binary), self.log_path, detached)
+
+    def command(self, binary: Path) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self._process.alive():
+            return
+        ensure_port_free(self.port, self.name)
+        self._process.start()
+        self._process.wait_ready(self.ready, timeout)
+
+    def alive(self) -> bool:
+        return self._process.alive()
+
+    def stop(self) -> None:
+        self._process.stop(grace=10.0)
+
+    def close(self) -> None:
+        self.stop()
+        if self.owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)

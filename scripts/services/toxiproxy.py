@@ -9,8 +9,6 @@ proxies (create, delete, enable, disable) and toxics (add, remove), plus ``reset
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -19,11 +17,10 @@ from typing import Any
 
 from .cache import go_binary
 from .errors import ServiceError
-from .procs import LOOPBACK, ServiceProcess, ensure_port_free, free_port
+from .procs import LOOPBACK, LoopbackServer
 
 PACKAGE = "github.com/Shopify/toxiproxy/v2/cmd/server"
 VERSION = "v2.12.0"
-READY_TIMEOUT = 30.0
 
 
 def provision(root: Path) -> Path:
@@ -144,41 +141,13 @@ class ToxiproxyClient:
             self.delete_proxy(name)
 
 
-class ToxiproxyServer:
+class ToxiproxyServer(LoopbackServer):
     """A toxiproxy-server process owned by the harness."""
 
-    managed = True
+    name = "toxiproxy-server"
 
-    def __init__(
-        self, binary: Path, workdir: Path | None = None, *, port: int = 0, detached: bool = False
-    ) -> None:
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="wal-bridge-toxiproxy-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.owns_workdir = workdir is None
-        self.port = port or free_port()
-        self.url = f"http://{LOOPBACK}:{self.port}"
-        command = [str(binary), "-host", LOOPBACK, "-port", str(self.port)]
-        self.log_path = self.workdir / "toxiproxy.log"
-        self._process = ServiceProcess("toxiproxy-server", command, self.log_path, detached)
+    def command(self, binary: Path) -> list[str]:
+        return [str(binary), "-host", LOOPBACK, "-port", str(self.port)]
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    def start(self, timeout: float = READY_TIMEOUT) -> None:
-        if self._process.alive():
-            return
-        ensure_port_free(self.port, "toxiproxy-server")
-        self._process.start()
-        self._process.wait_ready(ToxiproxyClient(self.url).alive, timeout)
-
-    def alive(self) -> bool:
-        return self._process.alive()
-
-    def stop(self) -> None:
-        self._process.stop(grace=10.0)
-
-    def close(self) -> None:
-        self.stop()
-        if self.owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+    def ready(self) -> bool:
+        return ToxiproxyClient(self.url).alive()
