@@ -183,7 +183,13 @@ class Wal:
         self._lock_fd = lock_fd
         self._now_ms = now_ms
         self._monotonic = monotonic
+        # Two locks, always taken in this order: ``_append_lock`` for the active segment (its
+        # file descriptor and counters: append, seal), held across its writes and fsyncs; and
+        # ``_lock`` for the index and the shipped offsets, held only for in-memory changes, so
+        # that the sealer and uploader never wait for the consumer's fsync, nor it for theirs.
+        self._append_lock = threading.RLock()
         self._lock = threading.RLock()
+        self._ship_lock = threading.Lock()  # one mark_shipped at a time: state.json moves forward
         self._index: dict[int, Segment] = {}
         self._active: Segment | None = None
         self._active_fd: int | None = None
@@ -193,6 +199,8 @@ class Wal:
         self._last_shipped_seq = 0
         self.recovery = RecoveryReport()
         self.disk_full: str | None = None  # why the last append stopped short, if it did
+        # Per partition, the offset ranges the last append made durable (what may be committed).
+        self.last_appended: Ranges = {}
 
     # ----------------------------------------------------------------------------- opening
 
@@ -225,7 +233,7 @@ class Wal:
         return wal
 
     def close(self) -> None:
-        with self._lock:
+        with self._append_lock, self._lock:
             if self._active_fd is not None:
                 os.close(self._active_fd)
                 self._active_fd = None
@@ -386,20 +394,23 @@ class Wal:
         is full — the rest was rolled back and can be appended again once there is room.
         Raises WalFatalError when durability can no longer be promised.
         """
-        with self._lock:
+        with self._append_lock:
             pos = 0
+            durable: Ranges = {}
+            self.last_appended = durable
             while pos < batch.num_rows:
                 try:
-                    pos += self._append_part(batch.slice(pos))
+                    pos += self._append_part(batch.slice(pos), durable)
                 except DiskFullError as exc:
                     self.disk_full = str(exc)
                     return pos
             self.disk_full = None
             return pos
 
-    def _append_part(self, rest: pa.RecordBatch) -> int:
+    def _append_part(self, rest: pa.RecordBatch, durable: Ranges) -> int:
         """Write as much of ``rest`` as fits in the active segment; return how many records
-        are now durable (0 when a full segment only got sealed)."""
+        are now durable (0 when a full segment only got sealed), and add their ranges to
+        ``durable``."""
         active = self._active or self._new_segment()
         if active.records >= self.batch_size:  # full, but its seal failed on a full disk
             self._seal_active()
@@ -415,9 +426,14 @@ class Wal:
         if active.first_append is None:
             active.first_append = self._monotonic()
         active.records += part.num_rows
-        merge_ranges(active.ranges, batch_ranges(part))
+        ranges = batch_ranges(part)
+        # A new dict, not an update in place: other threads read the index's ranges.
+        merged = dict(active.ranges)
+        merge_ranges(merged, ranges)
+        active.ranges = merged
         self.failpoints.hit("after_append_before_fsync")
         self._sync_active()
+        merge_ranges(durable, ranges)
         if active.records >= self.batch_size:
             with contextlib.suppress(DiskFullError):  # durable already; sealing is retried
                 self._seal_active()
@@ -451,8 +467,9 @@ class Wal:
             raise _disk_error(exc, self.root) from exc
         self._next_seq += 1
         self._active_fd = fd
-        self._active = Segment(seq, OPEN, path, len(header), 0, created)
-        self._index[seq] = self._active
+        with self._lock:
+            self._active = Segment(seq, OPEN, path, len(header), 0, created)
+            self._index[seq] = self._active
         self.failpoints.hit("after_segment_create")
         return self._active
 
@@ -478,7 +495,11 @@ class Wal:
 
     def seal_if_due(self) -> bool:
         """Seal the active segment if its first record is BATCH_TIMEOUT seconds old."""
-        with self._lock:
+        active = self._active  # a look without the lock first: most calls find nothing due
+        if active is None or active.first_append is None or (
+                self._monotonic() - active.first_append < self.batch_timeout):
+            return False
+        with self._append_lock:
             active = self._active
             if active is None or active.first_append is None:
                 return False
@@ -489,7 +510,7 @@ class Wal:
 
     def seal(self) -> bool:
         """Seal the active segment now if it holds any record (shutdown, tests)."""
-        with self._lock:
+        with self._append_lock:
             if self._active is None or self._active.records == 0:
                 return False
             self._seal_active()
@@ -517,10 +538,9 @@ class Wal:
         self._active_fd = None
         self.failpoints.hit("after_seal_trailer")
         active.seal = info
+        first_append = active.first_append
         self._rename_sealed(active)
-        age = (self._monotonic() - active.first_append) if active.first_append else 0.0
-        self._active = None
-        self._index[active.seq] = active
+        age = (self._monotonic() - first_append) if first_append else 0.0
         log.info(
             "segment_sealed", segment=active.seq, records=active.records, bytes=active.bytes,
             key=key, age_s=round(age, 3), partitions=len(active.ranges),
@@ -531,7 +551,10 @@ class Wal:
         os.replace(segment.path, target)
         self.failpoints.hit("after_seal_rename")
         fs.fsync_dir(self.segments_dir)
-        segment.path, segment.state, segment.first_append = target, SEALED, None
+        with self._lock:  # sealed and durable: from now on the sealer may take it
+            segment.path, segment.state, segment.first_append = target, SEALED, None
+            if self._active is segment:
+                self._active = None
 
     # ----------------------------------------------------------------------------- converting
 
@@ -581,34 +604,37 @@ class Wal:
             return [s for s in sorted(self._index.values(), key=lambda s: s.seq) if s.converted]
 
     def mark_shipped(self, seq: int) -> None:
-        """The object is confirmed in the destination: record its offsets, delete its files."""
-        with self._lock:
-            segment = self._index[seq]
-            for tp, rng in segment.ranges.items():
-                self._shipped_next[tp] = max(self._shipped_next.get(tp, 0), rng.last + 1)
-            self._last_shipped_seq = max(self._last_shipped_seq, seq)
-            self._write_state()
+        """The object is confirmed in the destination: record its offsets, delete its files.
+
+        The WAL's lock covers the in-memory change only; the segment stays in the index (and
+        counts in every offset question) until its files are gone.
+        """
+        with self._ship_lock:
+            with self._lock:
+                segment = self._index[seq]
+                for tp, rng in segment.ranges.items():
+                    self._shipped_next[tp] = max(self._shipped_next.get(tp, 0), rng.last + 1)
+                self._last_shipped_seq = max(self._last_shipped_seq, seq)
+                state = self._state_json()
+            fs.write_atomic(self.root / "state.json", state)
             self.failpoints.hit("after_shipped_record")
-            parquet = self.parquet_path(seq)
-            parquet.unlink(missing_ok=True)
+            self.parquet_path(seq).unlink(missing_ok=True)
             self.dead_letter_path(seq).unlink(missing_ok=True)
             self.status_path(seq).unlink(missing_ok=True)
             segment.path.unlink()
             self.failpoints.hit("after_delete")
             fs.fsync_dir(self.outbox_dir)
             fs.fsync_dir(self.segments_dir)
-            del self._index[seq]
+            with self._lock:
+                del self._index[seq]
 
-    def _write_state(self) -> None:
+    def _state_json(self) -> bytes:
         shipped = [
             {"topic": t, "partition": p, "next_offset": n}
             for (t, p), n in sorted(self._shipped_next.items())
         ]
-        fs.write_atomic(
-            self.root / "state.json",
-            json.dumps({"last_shipped_segment": self._last_shipped_seq, "shipped": shipped},
-                       indent=1).encode(),
-        )
+        return json.dumps({"last_shipped_segment": self._last_shipped_seq, "shipped": shipped},
+                          indent=1).encode()
 
     def status_path(self, seq: int) -> Path:
         return self.outbox_dir / f"{seq:010d}.status.json"

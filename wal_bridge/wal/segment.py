@@ -77,7 +77,8 @@ def batch_ranges(batch: pa.RecordBatch) -> Ranges:
             "o": batch.column("_offset"),
         }
     )
-    grouped = table.group_by(["t", "p"]).aggregate([("o", "min"), ("o", "max"), ("o", "count")])
+    grouped = table.group_by(["t", "p"], use_threads=False).aggregate(
+        [("o", "min"), ("o", "max"), ("o", "count")])
     rows = zip(
         grouped.column("t").to_pylist(), grouped.column("p").to_pylist(),
         grouped.column("o_min").to_pylist(), grouped.column("o_max").to_pylist(),
