@@ -15,6 +15,9 @@ Every record becomes exactly one row of one of the two tables:
 How it stays fast, with no per-record Python on the way of a good record:
 
 1. Arrow checks whole columns: null, length, UTF-8, first and last byte.
+   Then a segment whose records are exactly what a flat schema says (the usual case) is read
+   in one parse by Arrow's JSON reader (:mod:`wal_bridge.flat`), and the steps below are
+   skipped; any surprise in the segment sends it down them instead.
 2. One DuckDB query parses every record twice (yyjson, in C): its keys, and the JSON text of
    each schema field's value. A record that is not JSON fails the query; only then is it asked
    again with a validity filter (a third parse).
@@ -24,6 +27,9 @@ How it stays fast, with no per-record Python on the way of a good record:
 4. Python's ``json`` reads only records already known or suspected to be bad (to say why, or
    to catch what the fast parser forgives), and, once per WAL, the first data to infer a schema.
 
+DuckDB is imported on first use, so a process whose segments all take the fast path never
+loads it.
+
 docs/schema.md describes the columns, the types and the footer keys for users.
 """
 
@@ -32,6 +38,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from wal_bridge.flat import read_flat
 from wal_bridge.schema import (
     EXTRA_COLUMN,
     Field,
@@ -157,14 +165,23 @@ def _has_nonstandard_letters(values: pa.Array) -> bool:
     return b"nan" in raw or b"inf" in raw
 
 
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    decoded = dict(pairs)
+    if len(decoded) != len(pairs):
+        raise ValueError("a key appears more than once")
+    return decoded
+
+
 def _objects(text: pa.StringArray) -> list[dict[str, Any]]:
-    """The records as Python objects, for inferring the first data's schema (once per WAL)."""
+    """The records that are standard JSON objects without a repeated key, as Python objects:
+    what the first data's schema is inferred from (once per WAL)."""
     out = []
     for value in text.to_pylist():
         try:
-            decoded = json.loads(value, parse_constant=_reject_constant)
+            decoded = json.loads(value, parse_constant=_reject_constant,
+                                 object_pairs_hook=_unique_pairs)
         except (ValueError, RecursionError):
-            continue  # not standard JSON: rejected later, so it must not shape the schema
+            continue  # rejected later, so it must not shape the schema
         if isinstance(decoded, dict):
             out.append(decoded)
     return out
@@ -215,7 +232,8 @@ class _QueryFailed(Exception):
 
 
 class _Duck:
-    """A private in-memory DuckDB connection, made on first use (one thread by default).
+    """A private in-memory DuckDB connection, made on first use (one thread by default), one
+    query at a time (conversion threads share it).
 
     DuckDB parses; Arrow does everything per value (casts, string work), which is much faster
     than the same expressions in SQL.
@@ -224,19 +242,21 @@ class _Duck:
     def __init__(self, threads: int) -> None:
         self.threads = threads
         self._con: Any = None
+        self._lock = threading.Lock()
 
     def query(self, sql: str, src: pa.Table) -> pa.Table:
-        import duckdb  # local: only the sealer needs it
+        import duckdb  # local: only the general converter needs it
 
-        if self._con is None:
-            self._con = duckdb.connect(":memory:", config={"threads": self.threads})
-        self._con.register("src", src)
-        try:
-            result: pa.Table = self._con.sql(sql).to_arrow_table()
-        except duckdb.Error as exc:
-            raise _QueryFailed(str(exc)) from exc
-        finally:
-            self._con.unregister("src")
+        with self._lock:
+            if self._con is None:
+                self._con = duckdb.connect(":memory:", config={"threads": self.threads})
+            self._con.register("src", src)
+            try:
+                result: pa.Table = self._con.sql(sql).to_arrow_table()
+            except duckdb.Error as exc:
+                raise _QueryFailed(str(exc)) from exc
+            finally:
+                self._con.unregister("src")
         return result.combine_chunks()
 
 
@@ -375,30 +395,41 @@ class Converter:
         rows, text = self._screen(table.column("_value"), rejects)
         schema = self.store.schema
         if schema is None and len(rows):
-            first = self._parse(rows, text, (), rejects).kept()
-            if len(first.rows):
-                schema = self.store.pin(infer(_objects(first.text)))
-            rows, text = first.rows, first.text
+            objects = _objects(text)
+            if not objects:  # no record is a standard JSON object: say why of each (rare)
+                rows, text = self._forgiven(rows, text, rejects)
+                first = self._parse(rows, text, (), rejects).kept()
+                rows, text = first.rows, first.text
+            if len(rows):
+                schema = self.store.pin(infer(objects))
         failures = 0
-        if schema is not None and len(rows):
-            parsed = self._parse(rows, text, (*schema.names, *self._expected), rejects)
-            payload, failed = self._columns(schema, parsed)
-            drop = self._standard(schema, parsed, payload, rejects)
-            if drop is not None:  # rows rejected on the way: repeated keys, NaN
-                keep = pc.invert(drop)
-                payload = {name: values.filter(keep) for name, values in payload.items()}
-                failed = [mask.filter(keep) for mask in failed]
-                rows = parsed.rows.filter(keep)
-            else:
-                rows = parsed.rows
-            failures = sum(pc.sum(mask).as_py() or 0 for mask in failed)
-        else:
+        if schema is None or not len(rows):
             payload = self._empty(schema, len(rows))
+        elif (flat := read_flat(schema, text)) is not None:
+            payload = {**flat, EXTRA_COLUMN: pa.nulls(len(rows), pa.string())}
+        else:
+            rows, text = self._forgiven(rows, text, rejects)
+            payload, rows, failures = self._general(schema, rows, text, rejects)
         data = pa.Table.from_arrays(
             [*payload.values(), *self._identity(table, rows, seal.sealed_at_ms)],
             schema=data_schema(schema),
         )
         return Converted(data, self._dead_letters(table, rejects, seal), failures)
+
+    def _general(self, schema: PayloadSchema, rows: pa.Array, text: pa.StringArray,
+                 rejects: _Rejects) -> tuple[dict[str, pa.Array], pa.Array, int]:
+        """Stages 2 and 3 for any segment: the payload columns with ``_extra``, the rows they
+        belong to, and how many values did not fit their column."""
+        parsed = self._parse(rows, text, (*schema.names, *self._expected), rejects)
+        payload, failed = self._columns(schema, parsed)
+        drop = self._standard(schema, parsed, payload, rejects)
+        rows = parsed.rows
+        if drop is not None:  # rows rejected on the way: repeated keys, NaN
+            keep = pc.invert(drop)
+            payload = {name: values.filter(keep) for name, values in payload.items()}
+            failed = [mask.filter(keep) for mask in failed]
+            rows = rows.filter(keep)
+        return payload, rows, sum(pc.sum(mask).as_py() or 0 for mask in failed)
 
     # -- stage 1: what Arrow can tell about a whole column ---------------------------------
 
@@ -428,24 +459,39 @@ class Converter:
             text = raw.cast(pa.string())
         except pa.ArrowInvalid:
             rows, text = self._utf8(rows, raw, rejects)
-        # A JSON object starts with "{" and ends with "}", give or take whitespace. Anything else,
-        # and a trailing comma (which the fast parser forgives), gets a strict look in Python,
-        # which also says what is wrong: rare, and mostly bad, so it may be slow.
+        # A JSON object starts with "{" and ends with "}", give or take whitespace. Anything else
+        # gets a strict look in Python, which also says what is wrong: rare, and mostly bad, so
+        # it may be slow.
         odd = pc.or_(pc.invert(pc.starts_with(text, "{")), pc.invert(pc.ends_with(text, "}")))
         if pc.any(odd).as_py():  # whitespace around an object is fine: spare those Python
             padded = pc.match_substring_regex(text.filter(odd), _BRACED)
             odd = pc.replace_with_mask(odd, odd, pc.invert(padded))
-        odd = pc.or_(odd, pc.match_substring_regex(text, TRAILING_COMMA))
-        if pc.any(odd).as_py():
-            bad = []
-            for row, value in zip(rows.filter(odd).to_pylist(), text.filter(odd).to_pylist(),
-                                  strict=True):
-                if (verdict := _strict_verdict(value)) is not None:
-                    rejects.add(row, *verdict)
-                    bad.append(row)
-            if bad:
-                keep = pc.invert(pc.is_in(rows, value_set=pa.array(bad, pa.int64())))
-                rows, text = rows.filter(keep), text.filter(keep)
+        return self._strict_look(rows, text, odd, rejects)
+
+    @staticmethod
+    def _forgiven(rows: pa.Array, text: pa.StringArray,
+                  rejects: _Rejects) -> tuple[pa.Array, pa.StringArray]:
+        """Before DuckDB parses: a trailing comma, which it forgives (Arrow's reader does not),
+        gets a strict look in Python; the records without one never pay for it."""
+        return Converter._strict_look(rows, text,
+                                      pc.match_substring_regex(text, TRAILING_COMMA), rejects)
+
+    @staticmethod
+    def _strict_look(rows: pa.Array, text: pa.StringArray, suspect: pa.Array,
+                     rejects: _Rejects) -> tuple[pa.Array, pa.StringArray]:
+        """Python's strict reading of the ``suspect`` records: reject those that are no JSON
+        object, and return the rest."""
+        if not pc.any(suspect).as_py():
+            return rows, text
+        bad = []
+        for row, value in zip(rows.filter(suspect).to_pylist(), text.filter(suspect).to_pylist(),
+                              strict=True):
+            if (verdict := _strict_verdict(value)) is not None:
+                rejects.add(row, *verdict)
+                bad.append(row)
+        if bad:
+            keep = pc.invert(pc.is_in(rows, value_set=pa.array(bad, pa.int64())))
+            rows, text = rows.filter(keep), text.filter(keep)
         return rows, text
 
     @staticmethod
@@ -647,7 +693,8 @@ def footer_metadata(seal: SealInfo, table: pa.Table) -> dict[str, str]:
     ``wal_bridge.segment_*`` keys describe the whole segment, so that the data file and the
     dead-letter file of a segment can be checked against each other from footers alone.
     """
-    ranges = batch_ranges(
+    # A file holding every record of its segment has the segment's ranges (the usual case).
+    ranges = seal.ranges if table.num_rows == seal.records else batch_ranges(
         pa.record_batch(
             {
                 "_topic": table.column("_topic").combine_chunks().dictionary_encode(),
@@ -670,11 +717,23 @@ def footer_metadata(seal: SealInfo, table: pa.Table) -> dict[str, str]:
     }
 
 
+DICTIONARY_SAMPLE = 1000
+
+
 def dictionary_columns(table: pa.Table) -> list[str]:
-    """Columns to dictionary-encode: the segment-wide metadata and text. Numbers and
-    timestamps rarely repeat enough to pay for a dictionary, and skipping them is faster."""
-    return [f.name for f in table.schema
-            if f.name in ("_topic", "_partition", "_ingested_at") or pa.types.is_string(f.type)]
+    """Columns to dictionary-encode: the segment-wide metadata, and text columns whose values
+    repeat (judged on the first rows: at most half of them distinct). A dictionary of values
+    that never repeat (ids, URLs) costs time and bytes; numbers and timestamps rarely repeat
+    enough to pay for one."""
+    chosen = []
+    for f in table.schema:
+        if f.name in ("_topic", "_partition", "_ingested_at"):
+            chosen.append(f.name)
+        elif pa.types.is_string(f.type):
+            sample = table.column(f.name).slice(0, DICTIONARY_SAMPLE)
+            if 2 * pc.count_distinct(sample).as_py() <= len(sample):
+                chosen.append(f.name)
+    return chosen
 
 
 def write_table(table: pa.Table, sink: Any, metadata: dict[str, str]) -> None:

@@ -1,0 +1,114 @@
+"""The fast path of conversion: a segment of flat, well-typed records read in one parse.
+
+Most segments hold records that are exactly what the schema says: every key is a column, every
+value has its column's type, no field holds nested JSON. For those, Arrow's JSON reader (C++,
+one pass, no Python per record) gives the typed columns directly, and ``_extra`` is NULL in
+every row. :func:`read_flat` reads a segment that way, or returns None as soon as anything is
+not that simple, and the caller runs the general converter (:mod:`wal_bridge.parquet`), which
+also says, row by row, what went where and why.
+
+It never guesses: it answers only when its result is, row for row, what the general converter
+gives, and tests/unit/test_flat.py checks exactly that over generated segments. What makes it
+give up (each one costs the segment one extra attempt, a few milliseconds):
+
+- the schema has a ``json`` column (its values are kept as JSON text, which only the general
+  converter writes);
+- a value holds a line break outside a string (records are joined one per line);
+- any key that is not a column, spelled differently, or repeated (Arrow's reader refuses these
+  records, and the general converter sends them to ``_extra`` or the dead-letter table);
+- any value of the wrong JSON type for its column, an integer beyond int64, or a number in a
+  float64 column that is not finite (NaN, Infinity, or beyond float64);
+- a record that is more than one JSON value, or that is not JSON at all;
+- a timestamp column whose values are not all timestamps.
+
+Records the screening stage already rejected (tombstones, empty, too large, invalid UTF-8, not
+an object) never reach it.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from wal_bridge.schema import FieldType, PayloadSchema, cast_fragments
+
+_NEWLINE, _EMPTY, _QUOTE = (pa.scalar(t, pa.string()) for t in ("\n", "", '"'))
+
+# What Arrow's reader is asked for per column type; timestamps are read as strings and parsed
+# by the same code as the general converter's, so both accept exactly the same texts.
+_READ_AS: dict[FieldType, pa.DataType] = {
+    FieldType.STRING: pa.string(),
+    FieldType.INT64: pa.int64(),
+    FieldType.FLOAT64: pa.float64(),
+    FieldType.BOOL: pa.bool_(),
+    FieldType.TIMESTAMP: pa.string(),
+}
+
+
+def read_flat(schema: PayloadSchema, text: pa.StringArray) -> dict[str, pa.Array] | None:
+    """The payload columns of ``text`` (one JSON object per value), in schema order, or None
+    when the segment needs the general converter."""
+    if not _may_be_flat(schema, text):
+        return None
+    table = _read(schema, text)
+    if table is None:
+        return None
+    columns: dict[str, pa.Array] = {}
+    for f in schema.fields:
+        values = _column(f.type, table.column(f.name).combine_chunks())
+        if values is None:
+            return None
+        columns[f.name] = values
+    return columns
+
+
+def _may_be_flat(schema: PayloadSchema, text: pa.StringArray) -> bool:
+    if len(text) == 0 or not schema.fields:
+        return False
+    if any(f.type is FieldType.JSON for f in schema.fields):
+        return False
+    # One look at the bytes (the whole buffer: a false alarm only costs the fast path).
+    data = text.buffers()[2]
+    raw = data.to_pybytes() if data is not None else b""
+    return b"\n" not in raw and b"\r" not in raw
+
+
+def _read(schema: PayloadSchema, text: pa.StringArray) -> pa.Table | None:
+    """Arrow's JSON reader over the values joined one per line, or None if it refuses any or
+    finds other than one object per line."""
+    n = len(text)
+    lines = pc.binary_join_element_wise(text, _NEWLINE, _EMPTY)
+    offsets = memoryview(lines.buffers()[1]).cast("i")  # int32: the lines one after another
+    body = lines.buffers()[2][offsets[lines.offset]:offsets[lines.offset + n]]
+    options = pajson.ParseOptions(
+        explicit_schema=pa.schema([(f.name, _READ_AS[f.type]) for f in schema.fields]),
+        unexpected_field_behavior="error",
+    )
+    try:
+        table = pajson.read_json(
+            pa.BufferReader(body),
+            read_options=pajson.ReadOptions(use_threads=False, block_size=_block_size(len(body))),
+            parse_options=options,
+        )
+    except pa.ArrowInvalid:
+        return None
+    return table if table.num_rows == n else None  # more rows: a value held several objects
+
+
+def _column(kind: FieldType, values: pa.Array) -> pa.Array | None:
+    """The column as the general converter makes it, or None where it would differ."""
+    if kind is FieldType.FLOAT64 and values.null_count != len(values):
+        # NaN and Infinity are read as numbers here; the general converter rejects them.
+        return values if pc.all(pc.is_finite(values)).as_py() else None
+    if kind is FieldType.TIMESTAMP:
+        quoted = pc.binary_join_element_wise(_QUOTE, values, _QUOTE, _EMPTY)
+        parsed = cast_fragments(FieldType.TIMESTAMP, quoted)
+        # A string that is not a timestamp would go to _extra there.
+        return parsed if parsed.null_count == values.null_count else None
+    return values
+
+
+def _block_size(size: int) -> int:
+    """One block for a whole segment (the usual few MB); bounded for giant records."""
+    return min(max(size, 1), 1 << 28)
