@@ -1,10 +1,11 @@
 """The one place that owns the threads, their stop events, signals and shutdown.
 
 Threads: the consumer runs on the main thread (librdkafka callbacks arrive there); the sealer
-and the uploader each run a loop around their synchronous ``step()``. On SIGTERM or SIGINT the
-consumer stops taking records, the active segment is sealed, and the sealer and uploader drain
-what they can within SHUTDOWN_GRACE; offsets are committed and the process exits 0. A second
-signal exits at once: everything appended is already durable in the WAL.
+(CONVERT_WORKERS threads) and the uploader run loops around their synchronous ``step()``. On
+SIGTERM or SIGINT the consumer stops taking records, the active segment is sealed, and the
+sealer and uploader drain what they can within SHUTDOWN_GRACE; offsets are committed and the
+process exits 0. A second signal exits at once: everything appended is already durable in the
+WAL.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from wal_bridge.wal.log import DiskFullError, KeyPolicy, Wal, WalFatalError
 log = get_logger("wal_bridge.runtime")
 
 SECOND_SIGNAL_EXIT = 130
+# Threads converting sealed segments, each its own segment: in a backlog the consumer fills
+# one core, and conversion (Arrow's JSON reader and Parquet writer, without the GIL) the other.
+CONVERT_WORKERS = min(2, os.cpu_count() or 1)
 
 
 @dataclass
@@ -133,7 +137,8 @@ class Bridge:
         )
         self._check_sink()
         stages = [
-            StageLoop("sealer", self.sealer.step, self.halt, self._on_fatal),
+            *(StageLoop(f"sealer-{n}", self.sealer.step, self.halt, self._on_fatal)
+              for n in range(1, CONVERT_WORKERS + 1)),
             StageLoop("uploader", self.uploader.step, self.halt, self._on_fatal),
         ]
         for stage in stages:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -403,6 +404,7 @@ class SchemaStore:
         self._schema = schema
         self.pin_path = pin_path
         self.source = source
+        self._lock = threading.Lock()  # conversion threads may pin at the same time
 
     @classmethod
     def open(cls, wal_dir: Path, schema_file: Path | None = None) -> SchemaStore:
@@ -436,6 +438,10 @@ class SchemaStore:
 
     def pin(self, schema: PayloadSchema) -> PayloadSchema:
         """Fix ``schema`` for good (durably, when there is a pin path); return the one in force."""
+        with self._lock:
+            return self._pin(schema)
+
+    def _pin(self, schema: PayloadSchema) -> PayloadSchema:
         if self._schema is not None:
             return self._schema
         if self.pin_path is not None:

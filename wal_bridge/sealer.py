@@ -3,12 +3,16 @@
 Size-based sealing happens in :meth:`Wal.append` (the consumer thread), so a segment holds
 exactly BATCH_SIZE records; this stage adds the time trigger, which must fire even when no
 record arrives, and the conversion, which must stay off the consumer thread.
+
+Several threads may call :meth:`Sealer.step` at once: each claims a different segment, so a
+backlog converts in parallel (JSON parsing and Parquet encoding run in Arrow without the GIL).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import threading
 import time
 from pathlib import Path
 
@@ -30,9 +34,12 @@ class Sealer:
         self.metrics = metrics or Metrics()
         self._limited = RateLimited()
         self.disk_full = False
+        self._claims = threading.Lock()
+        self._claimed: set[int] = set()  # segments being converted by some thread
 
     def step(self) -> bool:
-        """Seal if due, then convert the oldest sealed segment. Return whether work was done."""
+        """Seal if due, then convert the oldest sealed segment that no other thread is
+        converting. Return whether work was done."""
         try:
             sealed = self.wal.seal_if_due()
         except DiskFullError as exc:
@@ -40,11 +47,23 @@ class Sealer:
             if (suppressed := self._limited.allow("seal_failed")) is not None:
                 log.error("segment_seal_failed", error=str(exc), suppressed=suppressed)
             sealed = False
-        pending = self.wal.to_convert()
-        if not pending:
+        segment = self._claim()
+        if segment is None:
             return sealed
-        self.convert(pending[0])
+        try:
+            self.convert(segment)
+        finally:
+            with self._claims:
+                self._claimed.discard(segment.seq)
         return True
+
+    def _claim(self) -> Segment | None:
+        with self._claims:
+            for segment in self.wal.to_convert():
+                if segment.seq not in self._claimed:
+                    self._claimed.add(segment.seq)
+                    return segment
+        return None
 
     def convert(self, segment: Segment) -> bool:
         """Convert one sealed segment into Parquet in the outbox; False if it must wait."""
