@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from wal_bridge import __version__
 from wal_bridge.commands import COMMANDS
 from wal_bridge.errors import WalBridgeError
 
@@ -30,7 +29,7 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"],
                                           "max_content_width": 100})
-@click.version_option(__version__, "--version", prog_name="wal_bridge")
+@click.version_option(None, "--version", package_name="wal-bridge", prog_name="wal_bridge")
 def main() -> None:
     """Durable bridge from Kafka to Parquet on Google Cloud Storage, through a write-ahead log."""
 
