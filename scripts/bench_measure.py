@@ -1,9 +1,12 @@
 """Measuring a child process: wall time, CPU time, peak and sampled RSS, from /proc and wait4.
 
-Standard library only. :class:`Child` starts a command, samples its resident set size from
-``/proc/PID/status`` while it runs (for the memory-over-time plot), and reaps it with
-``os.wait4``, whose resource usage is that one child's own: ``ru_maxrss`` is its peak RSS
-(VmHWM) and ``ru_utime + ru_stime`` its CPU time, however short-lived its peaks were.
+Standard library only. :class:`Child` starts a command, samples its resident set size and
+its peak (VmRSS, VmHWM) from ``/proc/PID/status`` while it runs, and reaps it with
+``os.wait4`` for its CPU time (``ru_utime + ru_stime``, that one child's own).
+
+The peak is VmHWM, read while the child runs, and not wait4's ``ru_maxrss``: Linux counts in
+``ru_maxrss`` the memory image the child had before its exec, a copy of the parent's, so a
+child of a 300 MiB benchmark process reports at least 300 MiB whatever it used itself.
 """
 
 from __future__ import annotations
@@ -130,6 +133,7 @@ class Child:
         self.on_line = on_line
         self.sample_every = sample_every
         self.samples: list[tuple[float, int]] = []
+        self.peak_bytes = 0  # the highest VmHWM read
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = open(log, "ab")  # noqa: SIM115 - open for the child's lifetime
         self.started = time.monotonic()
@@ -151,6 +155,7 @@ class Child:
             rss = rss_bytes(self.pid)
             if rss is not None:
                 self.samples.append((round(time.monotonic() - self.started, 3), rss))
+            self._read_peak()
             self._stop_sampling.wait(self.sample_every)
 
     def _read(self) -> None:
@@ -162,6 +167,11 @@ class Child:
             line = raw.decode(errors="replace").strip()
             if line:
                 self.on_line(line, now)
+
+    def _read_peak(self) -> None:
+        peak = hwm_bytes(self.pid)
+        if peak is not None:
+            self.peak_bytes = max(self.peak_bytes, peak)
 
     def alive(self) -> bool:
         """Whether the child still runs; never reaps it (``finish`` needs its wait4 usage)."""
@@ -180,6 +190,7 @@ class Child:
     def finish(self, *, stop: bool = True, grace: float = 60.0) -> Usage:
         """SIGTERM the child (unless ``stop`` is False), wait, SIGKILL after ``grace`` seconds,
         and return what it used. Wall time runs from spawn to exit."""
+        self._read_peak()
         if stop:
             self.signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -201,7 +212,7 @@ class Child:
         self._log.close()
         if usage is None:
             raise RuntimeError(f"no resource usage for pid {self.pid}")
-        peak = max([usage.ru_maxrss * 1024] + [rss for _, rss in self.samples])
+        peak = max([self.peak_bytes] + [rss for _, rss in self.samples])
         return Usage(
             wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime, peak_rss_bytes=peak,
             exit_code=self.proc.returncode, rss_samples=list(self.samples),
