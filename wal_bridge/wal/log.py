@@ -495,9 +495,11 @@ class Wal:
 
     def seal_if_due(self) -> bool:
         """Seal the active segment if its first record is BATCH_TIMEOUT seconds old."""
-        active = self._active  # a look without the lock first: most calls find nothing due
-        if active is None or active.first_append is None or (
-                self._monotonic() - active.first_append < self.batch_timeout):
+        # A look without the lock first, each field read once (another thread may be sealing
+        # it): most calls find nothing due and never wait for an append's fsync.
+        active = self._active
+        first_append = active.first_append if active is not None else None
+        if first_append is None or self._monotonic() - first_append < self.batch_timeout:
             return False
         with self._append_lock:
             active = self._active
