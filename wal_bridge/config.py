@@ -190,6 +190,17 @@ def _existing_file(text: str) -> Path:
     return path
 
 
+def _credentials_file(text: str) -> Path:
+    """GOOGLE_APPLICATION_CREDENTIALS: a file that exists. Its content is google-auth's to judge:
+    wal_bridge.sink.gcs.load_credentials reads it when a GCS client is first needed."""
+    path = _path(text)
+    if not path.is_file():
+        why = "it is a directory" if path.is_dir() else "no such file"
+        raise ValueError(f"{path} is not a readable file ({why}); point it at a credentials "
+                         "file, or unset it to use the ambient credentials")
+    return path
+
+
 def _emulator(text: str) -> str:
     url = text.strip()
     if "://" not in url:
@@ -269,8 +280,10 @@ SPECS: tuple[Spec, ...] = (
          _choice("debug", "info", "warning", "error"), "info"),
     Spec("log_format", "LOG_FORMAT", "auto (console on a terminal, JSON lines otherwise), json "
          "or console.", _choice("auto", "json", "console"), "auto"),
-    Spec("google_credentials", "GOOGLE_APPLICATION_CREDENTIALS", "Service account key file; "
-         "without it, the ambient credentials (workload identity, gcloud).", _existing_file),
+    Spec("google_credentials", "GOOGLE_APPLICATION_CREDENTIALS", "Google credentials file of "
+         "any type google-auth loads (service account key, impersonated service account, "
+         "workload identity federation, authorized user); without it, the ambient credentials "
+         "(workload identity, metadata server, gcloud).", _credentials_file),
     Spec("storage_emulator_host", "STORAGE_EMULATOR_HOST", "GCS emulator URL "
          "(e.g. http://localhost:4443); uses anonymous credentials.", _emulator),
     Spec("schema_file", "SCHEMA_FILE", "JSON file fixing the payload columns and their types; "
