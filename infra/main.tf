@@ -9,6 +9,9 @@ locals {
   raw_uri         = "gs://${google_storage_bucket.landing.name}/raw"
   dead_letter_uri = "gs://${google_storage_bucket.landing.name}/dead-letter"
 
+  # An explicit schema for the external table (table_schema_file), or BigQuery's detection.
+  explicit_schema = var.table_schema_file != ""
+
   bridge_member = "serviceAccount:${google_service_account.bridge.email}"
 
   events_table_ref = "${var.project_id}.${var.dataset_id}.${var.table_id}"
@@ -59,6 +62,9 @@ resource "google_storage_bucket" "landing" {
     retention_duration_seconds = var.soft_delete_retention_days * 86400
   }
 
+  # raw_retention_days ages out data files only. The bridge keeps the table's schema at
+  # _wal_bridge/raw/schema.json, outside raw/ on purpose: this rule never deletes it, and the
+  # table's source URIs never read it as data.
   dynamic "lifecycle_rule" {
     for_each = var.raw_retention_days > 0 ? [var.raw_retention_days] : []
     content {
@@ -104,6 +110,18 @@ resource "google_bigquery_dataset" "raw" {
 
 # Every landed row, duplicates included. Nothing is copied into BigQuery: each query reads the
 # Parquet files, and a filter on dt (the date folder) limits it to those folders.
+#
+# The schema: Parquet describes itself, so with table_schema_file empty BigQuery takes the
+# columns from one of the files when the table is created, and a later file with more columns
+# is not seen until the table is replaced. With table_schema_file set, the table gets that
+# schema instead (BigQuery accepts an explicit schema that overrides the one inferred from
+# Parquet: cloud.google.com/bigquery/docs/schema-detect). It is the table's own schema, the
+# top-level `schema` argument: the BigQuery API reference disallows ExternalDataConfiguration's
+# own schema for Parquet, whatever the provider's note about that field says. The dt
+# partition key is not in the file; BigQuery appends it to the schema it returns, and
+# ignore_auto_generated_schema keeps that server-added column from showing as a diff (without
+# it, the provider plans a replacement on every apply, since a column "dropped" from an
+# external table forces a new table).
 resource "google_bigquery_table" "events" {
   count = var.create_tables ? 1 : 0
 
@@ -113,12 +131,17 @@ resource "google_bigquery_table" "events" {
   labels              = var.labels
   deletion_protection = var.deletion_protection
 
+  schema                       = local.explicit_schema ? file(var.table_schema_file) : null
+  ignore_auto_generated_schema = local.explicit_schema
+
   external_data_configuration {
-    # Parquet carries its own schema: BigQuery reads it from the files (no schema may be
-    # given for PARQUET), and the dt column comes from the folder name.
-    autodetect    = true
+    autodetect    = !local.explicit_schema
     source_format = "PARQUET"
-    source_uris   = ["${local.raw_uri}/*"]
+    # Only objects ending in .parquet are data: anything else that lands under raw/ (a
+    # temporary upload, a stray file) is never read. BigQuery's one wildcard may sit inside
+    # the object name, and it matches across "/" (Google's own hive-partitioning sample reads
+    # .../dt=2020-11-15/file1.parquet through .../*), so this reaches every date folder.
+    source_uris = ["${local.raw_uri}/*.parquet"]
 
     hive_partitioning_options {
       mode                     = "CUSTOM"
@@ -135,13 +158,13 @@ resource "google_bigquery_table" "events" {
 
 # One row per Kafka record. A record lands twice only when an instance died between its WAL
 # fsync and its offset commit and another instance read it again; both copies carry the same
-# (_topic, _partition, _offset), and the first one landed is kept.
+# (_kafka_topic, _kafka_partition, _kafka_offset), and the first one landed is kept.
 resource "google_bigquery_table" "events_dedup" {
   count = var.create_tables ? 1 : 0
 
   dataset_id          = google_bigquery_dataset.raw.dataset_id
   table_id            = var.view_id
-  description         = "${var.table_id} without duplicates: one row per (_topic, _partition, _offset)."
+  description         = "${var.table_id} without duplicates: one row per (_kafka_topic, _kafka_partition, _kafka_offset)."
   labels              = var.labels
   deletion_protection = var.deletion_protection
 
@@ -153,7 +176,7 @@ resource "google_bigquery_table" "events_dedup" {
         SELECT
           *,
           ROW_NUMBER() OVER (
-            PARTITION BY _topic, _partition, _offset
+            PARTITION BY _kafka_topic, _kafka_partition, _kafka_offset
             ORDER BY _ingested_at, dt
           ) AS _dedup_rank
         FROM `${local.events_table_ref}`
@@ -178,7 +201,9 @@ resource "google_bigquery_table" "events_dedup" {
 resource "google_service_account" "bridge" {
   account_id   = var.service_account_id
   display_name = "wal-bridge"
-  description  = "Runs wal-bridge: writes Parquet to gs://${var.bucket_name}; may query ${var.dataset_id} when grant_bigquery_roles is on."
+  # Fixed text: IAM caps a description at 256 characters, which a long bucket name (up to 222)
+  # or dataset ID (up to 1,024) would pass.
+  description = "Runs wal-bridge: writes Parquet to the landing bucket of this stack; may query its dataset when grant_bigquery_roles is on."
 
   depends_on = [google_project_service.apis]
 }

@@ -32,16 +32,16 @@ output "example_query" {
   description = "A query to paste into the BigQuery console or bq query --use_legacy_sql=false: today's records per partition, without duplicates."
   value       = <<-SQL
     SELECT
-      _topic,
-      _partition,
+      _kafka_topic,
+      _kafka_partition,
       COUNT(*) AS records,
-      MIN(_offset) AS first_offset,
-      MAX(_offset) AS last_offset,
+      MIN(_kafka_offset) AS first_offset,
+      MAX(_kafka_offset) AS last_offset,
       MAX(_ingested_at) AS last_ingested_at
     FROM `${local.events_view_ref}`
     WHERE dt = CURRENT_DATE()
-    GROUP BY _topic, _partition
-    ORDER BY _topic, _partition
+    GROUP BY _kafka_topic, _kafka_partition
+    ORDER BY _kafka_topic, _kafka_partition
   SQL
 }
 

@@ -20,12 +20,28 @@ variable "location" {
 }
 
 variable "bucket_name" {
-  description = "Name of the landing bucket (globally unique). The bridge writes Parquet under raw/ and rejected records under dead-letter/."
+  description = "Name of the landing bucket (globally unique). The bridge writes Parquet under raw/, rejected records under dead-letter/ and its stored table schema under _wal_bridge/."
   type        = string
 
+  # Cloud Storage's bucket naming rules (cloud.google.com/storage/docs/buckets#naming):
+  # lowercase letters, digits, hyphens, underscores and dots; start and end with a letter or
+  # digit; 3-63 characters, or up to 222 with dots as long as each dot-separated part is at most
+  # 63; not an IP address in dotted-decimal form; not starting with "goog"; not containing
+  # "google" (Google also refuses close misspellings such as "g00gle", which no pattern here
+  # can list in full). A dotted name needs a verified domain of its own.
   validation {
-    condition     = can(regex("^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$", var.bucket_name)) && !startswith(var.bucket_name, "goog")
-    error_message = "bucket_name must be 3-63 characters of lowercase letters, digits, hyphens and underscores, start and end with a letter or digit, and not start with \"goog\"."
+    condition = (
+      can(regex("^[a-z0-9][a-z0-9._-]*[a-z0-9]$", var.bucket_name))
+      && length(var.bucket_name) >= 3
+      && length(var.bucket_name) <= (strcontains(var.bucket_name, ".") ? 222 : 63)
+      && alltrue([for part in split(".", var.bucket_name) : length(part) >= 1 && length(part) <= 63])
+    )
+    error_message = "bucket_name must be 3-63 characters (up to 222 with dots, at most 63 between two dots) of lowercase letters, digits, hyphens, underscores and dots, starting and ending with a letter or digit."
+  }
+
+  validation {
+    condition     = !can(regex("^[0-9]{1,3}(\\.[0-9]{1,3}){3}$", var.bucket_name)) && !startswith(var.bucket_name, "goog") && !strcontains(var.bucket_name, "google")
+    error_message = "bucket_name must not be an IP address, start with \"goog\" or contain \"google\": Cloud Storage reserves those names."
   }
 }
 
@@ -34,38 +50,69 @@ variable "dataset_id" {
   type        = string
   default     = "analytics_raw"
 
+  # BigQuery dataset names: up to 1,024 characters of letters, digits and underscores
+  # (cloud.google.com/bigquery/docs/datasets#dataset-naming). Terraform's regex engine refuses
+  # repeat counts above 1000, so the length is checked apart from the pattern.
   validation {
-    condition     = can(regex("^[A-Za-z0-9_]{1,1024}$", var.dataset_id))
-    error_message = "dataset_id may contain only letters, digits and underscores."
+    condition     = can(regex("^[A-Za-z0-9_]+$", var.dataset_id)) && length(var.dataset_id) <= 1024
+    error_message = "dataset_id must be 1-1024 characters of letters, digits and underscores."
   }
 }
 
+# BigQuery table (and view) names (cloud.google.com/bigquery/docs/tables#table_naming): up to
+# 1,024 UTF-8 bytes of Unicode letters (L), marks (M), numbers (N), connectors such as the
+# underscore (Pc), dashes (Pd) and spaces (Zs). Terraform has no byte-length function: the
+# length of the unpadded base64 of the name, times 3/4 and rounded down, is its UTF-8 length.
 variable "table_id" {
   description = "Name of the external table over gs://BUCKET/raw/ (every landed row, duplicates included)."
   type        = string
   default     = "events"
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9_]{1,1024}$", var.table_id))
-    error_message = "table_id may contain only letters, digits and underscores."
+    condition     = can(regex("^[\\p{L}\\p{M}\\p{N}\\p{Pc}\\p{Pd}\\p{Zs}]+$", var.table_id)) && floor(length(replace(base64encode(var.table_id), "=", "")) * 3 / 4) <= 1024
+    error_message = "table_id must be 1-1024 bytes of letters, marks, digits, underscores, dashes and spaces (BigQuery's table naming rules)."
   }
 }
 
 variable "view_id" {
-  description = "Name of the view that keeps one row per (_topic, _partition, _offset)."
+  description = "Name of the view that keeps one row per (_kafka_topic, _kafka_partition, _kafka_offset)."
   type        = string
   default     = "events_dedup"
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9_]{1,1024}$", var.view_id))
-    error_message = "view_id may contain only letters, digits and underscores."
+    condition     = can(regex("^[\\p{L}\\p{M}\\p{N}\\p{Pc}\\p{Pd}\\p{Zs}]+$", var.view_id)) && floor(length(replace(base64encode(var.view_id), "=", "")) * 3 / 4) <= 1024
+    error_message = "view_id must be 1-1024 bytes of letters, marks, digits, underscores, dashes and spaces (BigQuery's table naming rules)."
   }
 }
 
 variable "create_tables" {
-  description = "Create the external table and the view. BigQuery takes a Parquet table's schema from the files present when the table is created, so the walkthrough applies once with false (bucket, dataset, account), lets the bridge land its first file, then applies again with true."
+  description = "Create the external table and the view. With schema autodetection (table_schema_file empty) BigQuery takes the table's schema from a file present under raw/ when the table is created, so the walkthrough keeps this false in terraform.tfvars until the bridge has landed its first file, then sets it to true."
   type        = bool
   default     = true
+}
+
+variable "table_schema_file" {
+  description = "Path (relative to infra/) of a BigQuery JSON schema file for the external table, as printed by wal_bridge schema --destination gs://BUCKET/raw --format bigquery: the payload's columns and the bridge's metadata columns, without the dt partition column (BigQuery adds it from the folder names). Empty: BigQuery detects the schema from one of the Parquet files when the table is created."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.table_schema_file == "" || try(length([for field in jsondecode(file(var.table_schema_file)) : "${field.name}:${field.type}"]) > 0, false)
+    error_message = "table_schema_file must name a readable file holding a non-empty JSON array of BigQuery fields, each with a name and a type."
+  }
+
+  # The hive partition key comes from the folder names (source_uri_prefix ...{dt:DATE}); a
+  # schema that also declares dt would clash with it.
+  validation {
+    condition     = var.table_schema_file == "" || try(!contains([for field in jsondecode(file(var.table_schema_file)) : lower(field.name)], "dt"), false)
+    error_message = "table_schema_file must not declare the dt column: BigQuery adds it from the date folders (raw/dt=YYYY-MM-DD/)."
+  }
+
+  # The deduplicating view partitions by the record's identity and orders by _ingested_at.
+  validation {
+    condition     = var.table_schema_file == "" || try(length(setsubtract(["_kafka_topic", "_kafka_partition", "_kafka_offset", "_ingested_at"], [for field in jsondecode(file(var.table_schema_file)) : field.name])) == 0, false)
+    error_message = "table_schema_file must declare the bridge's metadata columns _kafka_topic, _kafka_partition, _kafka_offset and _ingested_at, which the deduplicating view reads."
+  }
 }
 
 variable "require_partition_filter" {
@@ -125,9 +172,9 @@ variable "force_destroy" {
 }
 
 variable "deletion_protection" {
-  description = "Refuse to delete the external table and the view on terraform destroy or replace. Set to false and apply before destroying."
+  description = "Refuse to delete or replace the external table and the view (the provider's deletion_protection). Off by default: both hold only metadata that this configuration recreates exactly, the rows stay in the bucket, so a replace (terraform apply -replace=...) loses nothing. When true, set it to false and apply before any replace or destroy."
   type        = bool
-  default     = true
+  default     = false
 }
 
 variable "service_account_id" {

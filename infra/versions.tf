@@ -1,13 +1,16 @@
-# Written against the hashicorp/google provider documentation for 6.x and 7.x. The upper bound
-# keeps a future major version (with its own breaking changes) from arriving unreviewed; widen
-# it after reading that version's upgrade guide.
+# Checked against hashicorp/google 7.45.0 (terraform validate and terraform test, tests/). The
+# lower bound is 7.31.0: from that release ignore_auto_generated_schema keeps the dt column that
+# BigQuery adds to an external table's explicit schema from forcing a replacement on every
+# apply (table_schema_file). The upper bound keeps a future major version (with its own breaking
+# changes) from arriving unreviewed; widen it after reading that version's upgrade guide.
+# Terraform 1.5 runs the configuration; its tests need 1.8 (mock providers, issensitive).
 terraform {
   required_version = ">= 1.5"
 
   required_providers {
     google = {
       source  = "hashicorp/google"
-      version = ">= 6.0, < 8.0"
+      version = ">= 7.31, < 8.0"
     }
   }
 
