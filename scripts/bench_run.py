@@ -579,8 +579,8 @@ def inventory(ctx: Context, run: Run, prefix: str, *, identities: bool = False) 
         if identities:
             table = pq.read_table(io.BytesIO(data))
             rows += table.num_rows
-            seen.update(zip(table.column("_partition").to_pylist(),
-                            table.column("_offset").to_pylist(), strict=True))
+            seen.update(zip(table.column("_kafka_partition").to_pylist(),
+                            table.column("_kafka_offset").to_pylist(), strict=True))
             if len(sample) < 20:
                 sample.append(table)
         else:

@@ -141,8 +141,8 @@ class Landed:
         """(partition, offset) of every row, duplicates kept."""
         out: list[tuple[int, int]] = []
         for table in self.tables.values():
-            out.extend(zip(table.column("_partition").to_pylist(),
-                           table.column("_offset").to_pylist(), strict=True))
+            out.extend(zip(table.column("_kafka_partition").to_pylist(),
+                           table.column("_kafka_offset").to_pylist(), strict=True))
         return out
 
 
@@ -180,5 +180,5 @@ def payloads_by_identity(tables: Mapping[str, pa.Table]) -> dict[tuple[int, int]
     out: dict[tuple[int, int], Any] = {}
     for table in tables.values():
         for row in table.to_pylist():
-            out[(row["_partition"], row["_offset"])] = row
+            out[(row["_kafka_partition"], row["_kafka_offset"])] = row
     return out

@@ -4,9 +4,10 @@ Every record becomes exactly one row of one of the two tables:
 
 - the **data** table: the payload's fields as typed columns (:mod:`wal_bridge.schema`), then
   ``_extra`` (JSON text of the fields without a column, and of values that did not fit theirs),
-  then the record's identity: ``_topic``, ``_partition``, ``_offset``, ``_kafka_timestamp``,
-  ``_key``, ``_headers`` and ``_ingested_at`` (the segment's seal time, fixed in the seal frame,
-  so converting a segment again gives the same bytes);
+  then the record's identity: ``_kafka_topic``, ``_kafka_partition``, ``_kafka_offset``,
+  ``_kafka_timestamp`` (and ``_kafka_timestamp_ms`` when that cannot hold the broker's value),
+  ``_kafka_key``, ``_kafka_headers`` and ``_ingested_at`` (the segment's seal time, fixed in the
+  seal frame, so converting a segment again gives the same bytes);
 - the **dead-letter** table: the same identity columns, the raw ``_value``, a ``_reason`` code
   and a ``_detail`` message, for records that cannot be a row: tombstones, empty values, values
   over MAX_RECORD_BYTES, invalid UTF-8, text that is not JSON, JSON that is not an object, and
@@ -50,7 +51,17 @@ import pyarrow.parquet as pq
 
 from wal_bridge.flat import read_flat
 from wal_bridge.schema import (
+    DEAD_LETTER_COLUMNS,
     EXTRA_COLUMN,
+    HEADERS,
+    INGESTED_AT,
+    KAFKA_TIMESTAMP,
+    KAFKA_TIMESTAMP_MS,
+    KEY,
+    OFFSET,
+    PARTITION,
+    TIMESTAMP_RANGE_MS,
+    TOPIC,
     Field,
     FieldType,
     PayloadSchema,
@@ -64,18 +75,29 @@ from wal_bridge.wal.segment import SealInfo, batch_ranges, ranges_to_json
 TS_TYPE = pa.timestamp("ms", tz="UTC")
 FORMAT_VERSION = "1"
 
+# The record identity every file carries, in file order. The names are the ``_kafka_`` family
+# because BigQuery refuses a column whose name starts with ``_PARTITION`` (see schema.py's
+# naming rule, which every one of them passes: tests/unit/test_column_names.py).
 METADATA_FIELDS = [
-    pa.field("_topic", pa.string()),
-    pa.field("_partition", pa.int32()),
-    pa.field("_offset", pa.int64()),
-    pa.field("_kafka_timestamp", TS_TYPE),
-    pa.field("_key", pa.binary()),
-    pa.field("_headers", HEADER_TYPE),
-    pa.field("_ingested_at", TS_TYPE),
+    pa.field(TOPIC, pa.string()),
+    pa.field(PARTITION, pa.int32()),
+    pa.field(OFFSET, pa.int64()),
+    pa.field(KAFKA_TIMESTAMP, TS_TYPE),
+    # The broker's value (Unix ms) when it is outside BigQuery's TIMESTAMP range, so that
+    # _kafka_timestamp is NULL and nothing is lost; NULL whenever _kafka_timestamp holds it.
+    pa.field(KAFKA_TIMESTAMP_MS, pa.int64()),
+    pa.field(KEY, pa.binary()),
+    pa.field(HEADERS, HEADER_TYPE),
+    pa.field(INGESTED_AT, TS_TYPE),
 ]
+# Where each identity column comes from in the WAL's record batches (wal/codec.py keeps its own
+# short names: they are an on-disk format that older segments are written in).
+WAL_COLUMNS = {TOPIC: "_topic", PARTITION: "_partition", OFFSET: "_offset",
+               KAFKA_TIMESTAMP: "_kafka_timestamp", KEY: "_key", HEADERS: "_headers"}
 DEAD_LETTER_SCHEMA = pa.schema(
-    [*METADATA_FIELDS, pa.field("_value", pa.binary()), pa.field("_reason", pa.string()),
-     pa.field("_detail", pa.string())]
+    [*METADATA_FIELDS,
+     *(pa.field(name, kind) for name, kind in zip(
+         DEAD_LETTER_COLUMNS, (pa.binary(), pa.string(), pa.string()), strict=True))]
 )
 SCHEMA_KEY = "wal_bridge.schema"
 
@@ -339,9 +361,23 @@ def _arange(n: int) -> pa.Array:
     return pc.subtract(pc.cumulative_sum(pa.repeat(_ONE, n)), _ONE)
 
 
-def _kafka_timestamps(ms: pa.Array) -> pa.Array:
-    """The broker's timestamps (Unix ms; -1 when it gave none) as UTC timestamps or NULL."""
-    return pc.if_else(pc.less(ms, _ZERO), _NO_TIME, ms.cast(pa.int64()).cast(TS_TYPE))
+def _kafka_timestamps(ms: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """The broker's timestamps (Unix ms; -1 when it gave none) as ``_kafka_timestamp`` and
+    ``_kafka_timestamp_ms``: a UTC timestamp where BigQuery's TIMESTAMP holds it, else NULL
+    there and the value itself in the second array (NULL in both when the broker gave none,
+    and in the second wherever the first holds the value).
+
+    Kafka's timestamps are milliseconds, but a producer that writes microseconds (Redpanda, and
+    Kafka before 4.0, accept them) lands after the year 9999.
+    """
+    ms = ms.cast(pa.int64())
+    given = pc.greater_equal(ms, _ZERO)  # Kafka: -1 is "none"; no other negative is valid
+    inside = pc.and_(given, pc.less_equal(ms, _LAST_MS))
+    if pc.all(inside).as_py():  # the usual case: one comparison pass, no raw column
+        return ms.cast(TS_TYPE), pa.nulls(len(ms), pa.int64())
+    stamps = pc.if_else(inside, ms, _NO_MS).cast(TS_TYPE)
+    raw = pc.if_else(pc.and_(given, pc.invert(inside)), ms, _NO_MS)
+    return stamps, raw
 
 
 def _join_pieces(pieces: Sequence[pa.Array], n: int) -> pa.Array:
@@ -360,7 +396,8 @@ _EMPTY, _COMMA, _NUL = (pa.scalar(t, pa.string()) for t in ("", ",", "\x00"))
 _OPEN, _CLOSE = pa.scalar("{", pa.string()), pa.scalar("}", pa.string())
 _NO_TEXT = pa.scalar(None, pa.string())
 _NULL_JSON = pa.scalar("null", pa.string())
-_NO_TIME = pa.scalar(None, TS_TYPE)
+_NO_MS = pa.scalar(None, pa.int64())
+_LAST_MS = pa.scalar(TIMESTAMP_RANGE_MS[1], pa.int64())
 
 
 class Converter:
@@ -656,18 +693,21 @@ class Converter:
 
     @staticmethod
     def _identity(table: pa.Table, rows: pa.Array, ingested_at_ms: int) -> list[pa.Array]:
-        picked = table.select(["_topic", "_partition", "_offset", "_kafka_timestamp", "_key",
-                               "_headers"])
+        """The identity columns of ``rows`` of the WAL batches ``table``, in METADATA_FIELDS
+        order."""
+        picked = table.select(list(WAL_COLUMNS.values()))
         if len(rows) != table.num_rows:
             picked = picked.take(rows)
         picked = picked.combine_chunks()
+        stamps, raw = _kafka_timestamps(picked.column(WAL_COLUMNS[KAFKA_TIMESTAMP]))
         return [
-            picked.column("_topic").cast(pa.string()),
-            picked.column("_partition"),
-            picked.column("_offset"),
-            _kafka_timestamps(picked.column("_kafka_timestamp")),
-            picked.column("_key"),
-            picked.column("_headers"),
+            picked.column(WAL_COLUMNS[TOPIC]).cast(pa.string()),
+            picked.column(WAL_COLUMNS[PARTITION]),
+            picked.column(WAL_COLUMNS[OFFSET]),
+            stamps,
+            raw,
+            picked.column(WAL_COLUMNS[KEY]),
+            picked.column(WAL_COLUMNS[HEADERS]),
             pa.repeat(pa.scalar(ingested_at_ms, TS_TYPE), len(rows)),
         ]
 
@@ -697,9 +737,9 @@ def footer_metadata(seal: SealInfo, table: pa.Table) -> dict[str, str]:
     ranges = seal.ranges if table.num_rows == seal.records else batch_ranges(
         pa.record_batch(
             {
-                "_topic": table.column("_topic").combine_chunks().dictionary_encode(),
-                "_partition": table.column("_partition").combine_chunks(),
-                "_offset": table.column("_offset").combine_chunks(),
+                "_topic": table.column(TOPIC).combine_chunks().dictionary_encode(),
+                "_partition": table.column(PARTITION).combine_chunks(),
+                "_offset": table.column(OFFSET).combine_chunks(),
             }
         )
     ) if table.num_rows else {}
@@ -727,7 +767,7 @@ def dictionary_columns(table: pa.Table) -> list[str]:
     enough to pay for one."""
     chosen = []
     for f in table.schema:
-        if f.name in ("_topic", "_partition", "_ingested_at"):
+        if f.name in (TOPIC, PARTITION, INGESTED_AT):
             chosen.append(f.name)
         elif pa.types.is_string(f.type):
             sample = table.column(f.name).slice(0, DICTIONARY_SAMPLE)

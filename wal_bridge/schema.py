@@ -30,7 +30,7 @@ import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +47,38 @@ log = get_logger("wal_bridge.schema")
 
 PINNED_NAME = "schema.json"
 
-# Columns every data file carries besides the payload's: never a payload column name.
+# The bridge's own columns, in every data file besides the payload's (parquet.py gives their
+# types). Never a payload column name.
+TOPIC = "_kafka_topic"
+PARTITION = "_kafka_partition"
+OFFSET = "_kafka_offset"
+KAFKA_TIMESTAMP = "_kafka_timestamp"
+KAFKA_TIMESTAMP_MS = "_kafka_timestamp_ms"
+KEY = "_kafka_key"
+HEADERS = "_kafka_headers"
+INGESTED_AT = "_ingested_at"
 METADATA_COLUMNS = (
-    "_topic", "_partition", "_offset", "_kafka_timestamp", "_key", "_headers", "_ingested_at",
+    TOPIC, PARTITION, OFFSET, KAFKA_TIMESTAMP, KAFKA_TIMESTAMP_MS, KEY, HEADERS, INGESTED_AT,
 )
 EXTRA_COLUMN = "_extra"
+# The dead-letter file's own columns, after the identity columns.
+DEAD_LETTER_COLUMNS = ("_value", "_reason", "_detail")
 # The hive partition key of the external table (``raw/dt=YYYY-MM-DD/``): a column of that name
 # in the files would clash with it in BigQuery.
 PARTITION_KEY = "dt"
 RESERVED = frozenset(n.lower() for n in (*METADATA_COLUMNS, EXTRA_COLUMN, PARTITION_KEY))
-# Prefixes BigQuery keeps for itself (case-insensitive).
-BIGQUERY_PREFIXES = ("_table_", "_file_", "_partition", "_row_timestamp", "__root__", "_colon_")
+# Column names BigQuery refuses, case-insensitive: those starting with these prefixes. Source:
+# BigQuery, "Specify a schema", section "Column names" (cloud.google.com/bigquery/docs/schemas).
+BIGQUERY_PREFIXES = ("_partition", "_table_", "_file_", "_row_timestamp", "__root__",
+                     "_colidentifier")
+# Letters, digits and underscores, not starting with a digit, at most 300 characters (the same
+# page; "flexible column names" allow more, but not every reader of Parquet files does).
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,299}")
+
+# BigQuery's TIMESTAMP range: 0001-01-01 00:00:00 to 9999-12-31 23:59:59.999999 UTC (BigQuery,
+# "Data types", TIMESTAMP type). As Unix microseconds and milliseconds, both ends included.
+TIMESTAMP_RANGE_US = (-62_135_596_800_000_000, 253_402_300_799_999_999)
+TIMESTAMP_RANGE_MS = (-62_135_596_800_000, 253_402_300_799_999)
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # What a timestamp column accepts: RFC 3339 / ISO 8601 date and time, 'T' or a space between
@@ -111,16 +131,28 @@ class Field:
     type: FieldType
 
 
-def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a payload column (BigQuery's rules and ours), or None."""
+def bigquery_name_problem(name: str) -> str | None:
+    """Why BigQuery would refuse ``name`` as a column (or a STRUCT field) name, or None.
+
+    The one naming rule for every column the bridge writes: payload columns, its own metadata
+    columns and the dead-letter file's. Source: BigQuery, "Specify a schema", "Column names".
+    """
     if not NAME_PATTERN.fullmatch(name):
         return ("a column name is 1-300 letters, digits or underscores, not starting with a "
                 "digit")
     lowered = name.lower()
-    if lowered in RESERVED:
+    for prefix in BIGQUERY_PREFIXES:
+        if lowered.startswith(prefix):
+            return f"{name!r} starts with {prefix.upper()}, a prefix BigQuery reserves"
+    return None
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a payload column (BigQuery's rules and ours), or None."""
+    if (problem := bigquery_name_problem(name)) is not None:
+        return problem
+    if name.lower() in RESERVED:
         return f"{name!r} is reserved for the bridge's own columns"
-    if lowered.startswith(BIGQUERY_PREFIXES):
-        return f"{name!r} starts with a prefix BigQuery reserves"
     return None
 
 
@@ -242,7 +274,15 @@ def _text(value: str) -> pa.Scalar:
 
 _TRUE, _FALSE = pa.scalar(True, pa.bool_()), pa.scalar(False, pa.bool_())
 _TRUE_TEXT, _FALSE_TEXT = _text("true"), _text("false")
-_FIRST_INSTANT = pa.scalar(datetime(1, 1, 1, tzinfo=UTC), FieldType.TIMESTAMP.arrow)
+_FIRST_US, _LAST_US = (pa.scalar(v, pa.int64()) for v in TIMESTAMP_RANGE_US)
+
+
+def within_bigquery_range(values: pa.Array) -> pa.Array:
+    """``values`` (a timestamp[us] array) with every instant outside BigQuery's TIMESTAMP range
+    (:data:`TIMESTAMP_RANGE_US`, both ends included) made NULL."""
+    micros = values.view(pa.int64())
+    inside = pc.and_(pc.greater_equal(micros, _FIRST_US), pc.less_equal(micros, _LAST_US))
+    return pc.if_else(inside, values, pa.scalar(None, values.type))
 
 
 def _strings(frags: pa.Array) -> pa.Array:
@@ -303,8 +343,9 @@ def _timestamps(frags: pa.Array) -> pa.Array:
         parsed = text.cast(kind)
     except pa.ArrowInvalid:  # an impossible date (February 30): sort them out one by one
         parsed = pa.array([_one_timestamp(t) for t in text.to_pylist()], kind)
-    # BigQuery's TIMESTAMP starts at year 1; an earlier instant does not fit either.
-    parsed = pc.if_else(pc.less(parsed, _FIRST_INSTANT), _none(kind), parsed)
+    # An instant BigQuery cannot hold (before year 1, or past 9999-12-31T23:59:59.999999Z once
+    # its offset is applied) does not fit either.
+    parsed = within_bigquery_range(parsed)
     return pc.replace_with_mask(pa.nulls(len(frags), kind), ok, parsed)
 
 

@@ -5,10 +5,10 @@ Ground truth is the topic itself, read back from the broker after the scenario: 
 checked against it (an acknowledged record the topic does not hold would be the broker's loss,
 not the bridge's). What landed is every Parquet object in the bucket, whatever its prefix.
 
-A record has *landed intact* when a row carries its (``_partition``, ``_offset``), its key bytes
-in ``_key``, and payload columns that re-encode to its value bytes exactly: the workload writes
-each value as ``json.dumps`` of a flat object, so re-encoding the row's fields in the same order
-must give back the very same bytes.
+A record has *landed intact* when a row carries its (``_kafka_partition``, ``_kafka_offset``), its
+key bytes in ``_kafka_key``, and payload columns that re-encode to its value bytes exactly: the
+workload writes each value as ``json.dumps`` of a flat object, so re-encoding the row's fields in
+the same order must give back the very same bytes.
 """
 
 from __future__ import annotations
@@ -186,8 +186,8 @@ class Landed:
         return self
 
     def identities(self) -> set[Identity]:
-        return {(r["_partition"], r["_offset"]) for rows in self.objects.values() for r in rows
-                if "_partition" in r}
+        return {(r["_kafka_partition"], r["_kafka_offset"]) for rows in self.objects.values()
+                for r in rows if "_kafka_partition" in r}
 
     def covers(self, expected: Iterable[Identity]) -> bool:
         landed = self.refresh().identities()
@@ -268,7 +268,7 @@ def judge(expected: dict[Identity, Record], landed: Landed,
             verdict.dead_letters += len(rows)
             continue
         for row in rows:
-            identity = (row["_partition"], row["_offset"])
+            identity = (row["_kafka_partition"], row["_kafka_offset"])
             counts[identity] += 1
             where.setdefault(identity, []).append(key)
             verdict.landed_rows += 1
@@ -276,8 +276,8 @@ def judge(expected: dict[Identity, Record], landed: Landed,
             if record is None:
                 continue
             want_key, want_value = record
-            if row.get("_key") != want_key:
-                verdict.corrupted.append((key, identity, f"key {row.get('_key')!r}"))
+            if row.get("_kafka_key") != want_key:
+                verdict.corrupted.append((key, identity, f"key {row.get('_kafka_key')!r}"))
             elif _reencode(row, want_value) != want_value:
                 verdict.corrupted.append((key, identity, "payload differs"))
     verdict.missing = [i for i in expected if i not in counts]

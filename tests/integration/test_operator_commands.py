@@ -285,8 +285,8 @@ def upload(client: Any, bucket: str, key: str, segment: int, kind_rows: dict[int
     """A hand-made Parquet object with the footer keys the bridge writes."""
     offsets = [o for rows in kind_rows.values() for o in rows]
     partitions = [p for p, rows in kind_rows.items() for _ in rows]
-    table = pa.table({"_topic": [topic] * len(offsets), "_partition": partitions,
-                      "_offset": offsets})
+    table = pa.table({"_kafka_topic": [topic] * len(offsets), "_kafka_partition": partitions,
+                      "_kafka_offset": offsets})
     ranges = [{"topic": topic, "partition": p, "first_offset": min(r), "last_offset": max(r),
                "records": len(r)} for p, r in sorted(kind_rows.items())]
     table = table.replace_schema_metadata({

@@ -82,7 +82,7 @@ def rows_by_identity(landed_files: Landed) -> dict[tuple[int, int], list[dict[st
     rows: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for table in landed_files.tables.values():
         for row in table.to_pylist():
-            rows.setdefault((row["_partition"], row["_offset"]), []).append(row)
+            rows.setdefault((row["_kafka_partition"], row["_kafka_offset"]), []).append(row)
     return rows
 
 
@@ -117,7 +117,7 @@ def test_a_stream_with_every_kind_of_bad_record_lands_whole(
         if value in reasons:
             row = dead_rows[identity][0]
             assert (row["_value"], row["_reason"]) == (value, reasons[value]), identity
-            assert row["_key"] is not None
+            assert row["_kafka_key"] is not None
         else:
             row = data_rows[identity][0]
             original = json.loads(value)  # type: ignore[arg-type]
@@ -177,7 +177,7 @@ def test_schema_drift_end_to_end_loses_nothing_and_keeps_one_schema(
         target.write_bytes(gcs.client().bucket(bucket).blob(key).download_as_bytes())
     table = ds.dataset(local / "raw", format="parquet", partitioning="hive").to_table()
     assert table.num_rows == len(first) + len(second)
-    rows = {(r["_partition"], r["_offset"]): r for r in table.to_pylist()}
+    rows = {(r["_kafka_partition"], r["_kafka_offset"]): r for r in table.to_pylist()}
     assert set(rows) == set(first) | set(second)
     for identity, value in second.items():
         original = json.loads(value)  # type: ignore[arg-type]

@@ -31,8 +31,8 @@ SCHEMA = PayloadSchema((
     Field("id", F.INT64), Field("name", F.STRING), Field("amount", F.FLOAT64),
     Field("ok", F.BOOL), Field("at", F.TIMESTAMP), Field("ctx", F.JSON),
 ))
-METADATA_NAMES = ["_topic", "_partition", "_offset", "_kafka_timestamp", "_key", "_headers",
-                  "_ingested_at"]
+METADATA_NAMES = ["_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp",
+                  "_kafka_timestamp_ms", "_kafka_key", "_kafka_headers", "_ingested_at"]
 
 
 def batch(values: Sequence[bytes | None], *, partition: int = 0, first: int = 0,
@@ -95,11 +95,12 @@ def test_golden_data_file_schema_read_back_by_pyarrow_and_duckdb(tmp_path: Path)
     expected_types = {
         "id": "int64", "name": "string", "amount": "double", "ok": "bool",
         "at": "timestamp[us, tz=UTC]", "ctx": "string", "_extra": "string",
-        "_topic": "string", "_partition": "int32", "_offset": "int64",
-        "_kafka_timestamp": "timestamp[ms, tz=UTC]", "_key": "binary",
+        "_kafka_topic": "string", "_kafka_partition": "int32", "_kafka_offset": "int64",
+        "_kafka_timestamp": "timestamp[ms, tz=UTC]", "_kafka_timestamp_ms": "int64",
+        "_kafka_key": "binary",
         # Parquet's standard LIST layout (element), which BigQuery's list inference reads as an
         # ARRAY<STRUCT<key STRING, value BYTES>>.
-        "_headers": "list<element: struct<key: string, value: binary>>",
+        "_kafka_headers": "list<element: struct<key: string, value: binary>>",
         "_ingested_at": "timestamp[ms, tz=UTC]",
     }
     assert {f.name: str(f.type) for f in arrow} == expected_types
@@ -139,16 +140,17 @@ def test_golden_data_file_schema_read_back_by_pyarrow_and_duckdb(tmp_path: Path)
     assert described == {
         "id": "BIGINT", "name": "VARCHAR", "amount": "DOUBLE", "ok": "BOOLEAN",
         "at": "TIMESTAMP WITH TIME ZONE", "ctx": "VARCHAR", "_extra": "VARCHAR",
-        "_topic": "VARCHAR", "_partition": "INTEGER", "_offset": "BIGINT",
-        "_kafka_timestamp": "TIMESTAMP WITH TIME ZONE", "_key": "BLOB",
-        "_headers": "STRUCT(\"key\" VARCHAR, \"value\" BLOB)[]",
+        "_kafka_topic": "VARCHAR", "_kafka_partition": "INTEGER", "_kafka_offset": "BIGINT",
+        "_kafka_timestamp": "TIMESTAMP WITH TIME ZONE", "_kafka_timestamp_ms": "BIGINT",
+        "_kafka_key": "BLOB", "_kafka_headers": "STRUCT(\"key\" VARCHAR, \"value\" BLOB)[]",
         "_ingested_at": "TIMESTAMP WITH TIME ZONE",
     }
     con.execute("SET TimeZone = 'UTC'")
     rows = con.execute(
         "SELECT id, name, amount, ok, strftime(\"at\", '%Y-%m-%dT%H:%M:%S.%f'), ctx, _extra, "
-        "_topic, _partition, _offset, epoch_ms(_kafka_timestamp), _key, _headers, "
-        "epoch_ms(_ingested_at) FROM read_parquet(?) ORDER BY _offset", [str(path)]).fetchall()
+        "_kafka_topic, _kafka_partition, _kafka_offset, epoch_ms(_kafka_timestamp), "
+        "_kafka_key, _kafka_headers, epoch_ms(_ingested_at) FROM read_parquet(?) "
+        "ORDER BY _kafka_offset", [str(path)]).fetchall()
     assert rows == [
         (1, "a", 1.5, True, "2024-05-01T12:00:00.000000", '{"k":[1,null]}', None, "events", 0, 0,
          1_714_564_700_000, b"k0", [{"key": "trace", "value": b"t0"}], SEALED_AT),
@@ -172,7 +174,7 @@ def test_golden_dead_letter_file_schema(tmp_path: Path) -> None:
     assert footer[b"wal_bridge.records"] == b"1"
     assert footer[b"wal_bridge.segment_records"] == b"2"
     row = duckdb.connect().execute(
-        "SELECT _offset, _value, _reason FROM read_parquet(?)", [str(path)]).fetchall()
+        "SELECT _kafka_offset, _value, _reason FROM read_parquet(?)", [str(path)]).fetchall()
     assert row == [(1, b"\xff\xfe", "invalid_utf8")]
 
 
@@ -235,15 +237,16 @@ def test_each_kind_of_bad_record_goes_to_the_dead_letter_table(
     """A bad record is neither dropped nor blocking: it lands in the dead-letter table with its
     raw bytes, reason, topic, partition, offset, key and headers; its neighbours are rows."""
     out = convert([GOOD[0], value, GOOD[1]], partition=4, first=100)
-    assert out.data.column("_offset").to_pylist() == [100, 102]
+    assert out.data.column("_kafka_offset").to_pylist() == [100, 102]
     assert out.data.column("id").to_pylist() == [1, 2]
     dead = out.dead_letters.to_pylist()
     assert len(dead) == 1
     assert dead[0]["_reason"] == reason
     assert detail in dead[0]["_detail"]
-    assert (dead[0]["_topic"], dead[0]["_partition"], dead[0]["_offset"]) == ("events", 4, 101)
+    identity = (dead[0]["_kafka_topic"], dead[0]["_kafka_partition"], dead[0]["_kafka_offset"])
+    assert identity == ("events", 4, 101)
     assert dead[0]["_value"] == value
-    assert dead[0]["_key"] is None  # odd positions have no key in the fixture
+    assert dead[0]["_kafka_key"] is None  # odd positions have no key in the fixture
     assert dead[0]["_kafka_timestamp"].timestamp() * 1000 == 1_714_564_700_001
     assert dead[0]["_ingested_at"].timestamp() * 1000 == SEALED_AT
 
@@ -269,7 +272,7 @@ def test_a_segment_of_only_bad_records_has_an_empty_data_table() -> None:
     out = convert([None, b"x", b"[]"])
     assert out.data.num_rows == 0
     assert out.data.schema.names[:6] == list(SCHEMA.names)
-    assert out.dead_letters.column("_offset").to_pylist() == [0, 1, 2]
+    assert out.dead_letters.column("_kafka_offset").to_pylist() == [0, 1, 2]
     assert out.dead_letters.column("_reason").to_pylist() == ["tombstone", "not_json",
                                                               "not_object"]
 
@@ -290,8 +293,8 @@ def test_data_and_dead_letter_footers_together_cover_the_segment() -> None:
     assert json.loads(dead_meta["wal_bridge.ranges"]) == [
         {"topic": "events", "partition": 0, "first_offset": 11, "last_offset": 13, "records": 2},
         {"topic": "events", "partition": 2, "first_offset": 50, "last_offset": 50, "records": 1}]
-    held = [(r["_partition"], r["_offset"]) for t in (out.data, out.dead_letters)
-            for r in t.select(["_partition", "_offset"]).to_pylist()]
+    held = [(r["_kafka_partition"], r["_kafka_offset"]) for t in (out.data, out.dead_letters)
+            for r in t.select(["_kafka_partition", "_kafka_offset"]).to_pylist()]
     assert sorted(held) == [(0, 10), (0, 11), (0, 12), (0, 13), (2, 50), (2, 51), (2, 52)]
 
 
@@ -308,9 +311,10 @@ def test_rows_keep_identity_and_timestamps_in_utc_milliseconds() -> None:
     assert rows[0]["_kafka_timestamp"].isoformat() == "2024-05-01T11:58:20.123000+00:00"
     assert rows[1]["_kafka_timestamp"] is None
     assert {r["_ingested_at"].isoformat() for r in rows} == {"2024-05-01T12:00:00.123000+00:00"}
-    assert rows[0]["_key"] == b"key"
-    assert rows[0]["_headers"] == [{"key": "a", "value": b"1"}, {"key": "b", "value": None}]
-    assert (rows[1]["_key"], rows[1]["_headers"]) == (None, None)
+    assert rows[0]["_kafka_key"] == b"key"
+    assert rows[0]["_kafka_headers"] == [{"key": "a", "value": b"1"},
+                                         {"key": "b", "value": None}]
+    assert (rows[1]["_kafka_key"], rows[1]["_kafka_headers"]) == (None, None)
 
 
 def test_values_are_typed_and_nested_values_are_json_text() -> None:
@@ -380,9 +384,9 @@ def test_pinned_files_of_a_drifting_stream_share_one_schema_and_read_as_one_tabl
         write_parquet(out.data, path, footer_metadata(seal, out.data))
         schemas.add(pq.read_schema(path).remove_metadata())
     assert len(schemas) == 1
-    table = ds.dataset(out_dir, format="parquet").to_table().sort_by("_offset")
+    table = ds.dataset(out_dir, format="parquet").to_table().sort_by("_kafka_offset")
     assert table.num_rows + dead == offset
-    assert table.column("_offset").to_pylist() == [0, 1, 2, 4, 6]
+    assert table.column("_kafka_offset").to_pylist() == [0, 1, 2, 4, 6]
     assert table.column("id").to_pylist() == [1, 2, 3, None, None]
     assert table.column("tags").to_pylist() == ['["x"]', "[]", None, '{"k":1}', None]
     assert [json.loads(e) if e else None for e in table.column("_extra").to_pylist()] == [
@@ -392,12 +396,13 @@ def test_pinned_files_of_a_drifting_stream_share_one_schema_and_read_as_one_tabl
 def test_reserved_and_unusable_field_names_are_kept_in_extra() -> None:
     """Payload fields named like the bridge's columns, the partition key or not usable as
     BigQuery columns never become columns, and never overwrite the identity."""
-    out = convert([b'{"id": 1, "_offset": 99, "_extra": "mine", "dt": "x", "a-b": 2}'],
+    out = convert([b'{"id": 1, "_kafka_offset": 99, "_extra": "mine", "dt": "x", "a-b": 2}'],
                   schema=None)
     row = out.data.to_pylist()[0]
-    assert row["_offset"] == 0
+    assert row["_kafka_offset"] == 0
     assert out.data.schema.names[:2] == ["id", "_extra"]
-    assert json.loads(row["_extra"]) == {"_offset": 99, "_extra": "mine", "dt": "x", "a-b": 2}
+    assert json.loads(row["_extra"]) == {"_kafka_offset": 99, "_extra": "mine", "dt": "x",
+                                         "a-b": 2}
 
 
 def test_an_empty_segment_converts_to_empty_tables() -> None:

@@ -117,7 +117,8 @@ def test_a_segment_with_a_damaged_header_is_rebuilt_from_its_own_frames(tmp_path
     assert report["new_segments"] == [2]
     assert "segment header" in report["quarantine"]["reason"]
     landed = [pq.read_table(p) for p in (tmp_path / "dest" / "raw").rglob("*.parquet")]
-    assert sorted(o for t in landed for o in t.column("_offset").to_pylist()) == list(range(30))
+    offsets = sorted(o for t in landed for o in t.column("_kafka_offset").to_pylist())
+    assert offsets == list(range(30))
     assert list((tmp_path / "wal" / "segments").iterdir()) == []
 
 

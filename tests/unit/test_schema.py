@@ -81,9 +81,11 @@ BAD_FILES = [
     ('[{"name": "id", "type": "decimal"}]', "unknown type 'decimal'"),
     ('[{"name": "id"}]', "unknown type None"),
     ('[{"name": "user-id", "type": "string"}]', "letters, digits or underscores"),
-    ('[{"name": "_offset", "type": "int64"}]', "reserved for the bridge's own columns"),
+    ('[{"name": "_kafka_offset", "type": "int64"}]', "reserved for the bridge's own columns"),
     ('[{"name": "DT", "type": "string"}]', "reserved"),
-    ('[{"name": "_TABLE_x", "type": "string"}]', "prefix BigQuery reserves"),
+    ('[{"name": "_TABLE_x", "type": "string"}]', "_TABLE_, a prefix BigQuery reserves"),
+    ('[{"name": "_partitiontime", "type": "string"}]', "_PARTITION, a prefix BigQuery reserves"),
+    ('[{"name": "_ColIdentifier1", "type": "string"}]', "_COLIDENTIFIER, a prefix"),
     ('[{"name": "Id", "type": "string"}, {"name": "id", "type": "int64"}]',
      "column 2 ('id'): same name as 'Id'"),
     ('[{"name": "tags", "type": "string", "mode": "REPEATED"}]', "mode 'REPEATED'"),
@@ -158,7 +160,7 @@ def test_the_first_data_decides_each_column_type(records: list[dict[str, object]
 def test_inference_keeps_first_appearance_order_and_skips_unusable_names() -> None:
     """Fields become columns in order of appearance; names BigQuery or the bridge cannot use,
     and a second spelling differing only in case, get no column (they land in _extra)."""
-    schema = infer([{"b": 1, "a": 1, "user-id": 1, "_topic": "x", "dt": "d"},
+    schema = infer([{"b": 1, "a": 1, "user-id": 1, "_kafka_topic": "x", "dt": "d"},
                     {"c": 1, "B": 2, "": 1}])
     assert schema.names == ("b", "a", "c")
 

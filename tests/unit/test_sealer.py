@@ -66,7 +66,7 @@ def test_two_threads_convert_every_segment_exactly_once(tmp_path: Path) -> None:
     assert wal.to_convert() == []
     offsets = sorted(
         offset for seq in range(1, 13)
-        for offset in pq.read_table(wal.parquet_path(seq)).column("_offset").to_pylist()
+        for offset in pq.read_table(wal.parquet_path(seq)).column("_kafka_offset").to_pylist()
     )
     assert offsets == list(range(60))
     assert [f.name for f in (store.schema.fields if store.schema else ())] == ["n", "name"]

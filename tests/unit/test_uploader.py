@@ -67,7 +67,8 @@ def test_a_segment_ships_its_data_and_dead_letters_then_leaves_the_wal(tmp_path:
     files = sorted(p.relative_to(tmp_path / "bucket").as_posix()
                    for p in (tmp_path / "bucket").rglob("*.parquet"))
     assert [f.split("/")[0] for f in files] == ["dead-letter", "raw"]
-    assert pq.read_table(tmp_path / "bucket" / files[1]).column("_offset").to_pylist() == [0, 2, 3]
+    landed = pq.read_table(tmp_path / "bucket" / files[1])
+    assert landed.column("_kafka_offset").to_pylist() == [0, 2, 3]
     assert wal.snapshot() == []
     assert wal.shipped_offsets() == {("events", 0): 4}
     wal.close()
