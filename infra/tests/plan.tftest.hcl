@@ -25,7 +25,8 @@ variables {
   bucket_name = "wal-bridge-test-landing"
 }
 
-run "bucket_is_private" {
+# Every default accepted (no validation fails), and the plan they give.
+run "defaults" {
   command = plan
 
   assert {
@@ -52,25 +53,6 @@ run "bucket_is_private" {
     condition     = length(google_storage_bucket.landing.lifecycle_rule) == 0
     error_message = "No lifecycle rule by default: the bucket is the record of what was ingested."
   }
-}
-
-run "lifecycle_rules_stay_inside_their_prefixes" {
-  command = plan
-
-  variables {
-    raw_retention_days         = 30
-    dead_letter_retention_days = 90
-  }
-
-  assert {
-    condition = toset([for rule in google_storage_bucket.landing.lifecycle_rule : "${one(rule.condition).age}:${join(",", one(rule.condition).matches_prefix)}:${one(rule.action).type}"]) == toset(["30:raw/:Delete", "90:dead-letter/:Delete"])
-    # _wal_bridge/raw/schema.json, the bridge's stored schema, is under neither prefix.
-    error_message = "Each retention rule must delete only under its own prefix (raw/, dead-letter/)."
-  }
-}
-
-run "dataset_and_external_table" {
-  command = plan
 
   assert {
     condition     = google_bigquery_dataset.raw.dataset_id == "analytics_raw" && google_bigquery_dataset.raw.location == "EU"
@@ -110,10 +92,6 @@ run "dataset_and_external_table" {
     condition     = google_bigquery_table.events[0].deletion_protection == false && google_bigquery_table.events_dedup[0].deletion_protection == false
     error_message = "The table and the view hold only metadata: deletion protection is off by default, so terraform apply -replace works."
   }
-}
-
-run "dedup_view_partitions_by_record_identity" {
-  command = plan
 
   assert {
     condition     = google_bigquery_table.events_dedup[0].table_id == "events_dedup" && google_bigquery_table.events_dedup[0].view[0].use_legacy_sql == false
@@ -143,6 +121,21 @@ run "dedup_view_partitions_by_record_identity" {
   assert {
     condition     = strcontains(output.example_query, "GROUP BY _kafka_topic, _kafka_partition") && strcontains(output.example_query, "FROM `wal-bridge-test.analytics_raw.events_dedup`")
     error_message = "example_query must query the view by the renamed metadata columns."
+  }
+}
+
+run "lifecycle_rules_stay_inside_their_prefixes" {
+  command = plan
+
+  variables {
+    raw_retention_days         = 30
+    dead_letter_retention_days = 90
+  }
+
+  assert {
+    condition = toset([for rule in google_storage_bucket.landing.lifecycle_rule : "${one(rule.condition).age}:${join(",", one(rule.condition).matches_prefix)}:${one(rule.action).type}"]) == toset(["30:raw/:Delete", "90:dead-letter/:Delete"])
+    # _wal_bridge/raw/schema.json, the bridge's stored schema, is under neither prefix.
+    error_message = "Each retention rule must delete only under its own prefix (raw/, dead-letter/)."
   }
 }
 
