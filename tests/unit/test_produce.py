@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -10,9 +14,16 @@ from itertools import islice
 
 import pytest
 from click.testing import CliRunner
+from confluent_kafka import Producer
 
 from wal_bridge.cli import main
-from wal_bridge.commands.produce import EVENT_TYPES, MALFORMED_KINDS, EventStream
+from wal_bridge.commands.produce import (
+    EVENT_TYPES,
+    MALFORMED_KINDS,
+    EventStream,
+    produce_events,
+    stop_on_signals,
+)
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -79,3 +90,52 @@ def test_produce_needs_a_count_or_a_duration() -> None:
     result = CliRunner().invoke(main, ["produce", "--duration", "5"])
     assert result.exit_code == 2
     assert "--rate" in result.output
+
+
+def test_produce_without_rate_or_count_names_the_endless_mode() -> None:
+    """The usage error lists --rate alone (until SIGTERM or SIGINT) among the ways to run."""
+    result = CliRunner().invoke(main, ["produce"])
+    assert result.exit_code == 2
+    assert "--rate R (until SIGTERM or SIGINT)" in " ".join(result.output.split())
+    result = CliRunner().invoke(main, ["produce", "--count", "5", "--rate", "1", "--duration", "3"])
+    assert result.exit_code == 2
+    assert "not both" in result.output
+
+
+def test_a_signal_sets_the_stop_event_and_the_handlers_come_back() -> None:
+    """Inside stop_on_signals, SIGTERM and SIGINT set the event instead of ending the process."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with stop_on_signals() as stop:
+            assert not stop.is_set()
+            os.kill(os.getpid(), signum)
+            assert stop.wait(5)
+        assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_an_endless_run_stops_when_told_and_reports_what_it_sent() -> None:
+    """--rate alone sends until the stop event, then flushes; undeliverable records are counted.
+
+    The producer is a real librdkafka client with nothing listening at its address, so every
+    record times out after message.timeout.ms instead of being acknowledged.
+    """
+    producer = Producer({"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": 500})
+    stop = threading.Event()
+    timer = threading.Timer(1.0, stop.set)
+    timer.start()
+    started = time.monotonic()
+    # 1,000 events bound the run to 10 s should the event be ignored.
+    events = islice(EventStream(seed=1, start=START), 1000)
+    report = produce_events(producer, "t", events, None, rate=100, progress=False, stop=stop)
+    timer.join()
+    assert 1.0 <= time.monotonic() - started < 5
+    assert 50 <= report.sent <= 150
+    assert report.delivered == 0
+    assert sum(report.failed.values()) == report.sent
+
+
+def test_produce_events_needs_a_bound_or_a_rate() -> None:
+    """Without count, duration or rate there is nothing to pace an endless run by."""
+    producer = Producer({"bootstrap.servers": "127.0.0.1:9"})
+    with pytest.raises(ValueError, match="count, duration or rate"):
+        produce_events(producer, "t", iter(EventStream(seed=1)), None, progress=False)

@@ -6,17 +6,25 @@ object. They are keyed by ``user_id``, so one user's events stay in order in one
 ``--malformed-ratio`` mixes in records the bridge must send to the dead-letter location: not
 JSON, JSON that is not an object, invalid UTF-8, empty, and larger than MAX_RECORD_BYTES.
 ``--seed`` (with ``--start-time``) makes the stream repeatable.
+
+How long it runs: ``--count N`` records, ``--rate R --duration S`` seconds, or ``--rate R`` alone
+until SIGTERM or SIGINT (the compose stack's producer). A first SIGTERM/SIGINT, in any mode,
+stops sending, waits for the broker to acknowledge what was sent, prints the summary and exits
+0 (1 if records were not delivered); a second one ends the process at once.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -152,10 +160,39 @@ def producer_config(settings_conf: dict[str, str], max_record_bytes: int) -> dic
     }
 
 
+def _wait_until(producer: Any, due: float, stop: threading.Event) -> None:
+    """Serve delivery callbacks until the monotonic time ``due`` or until ``stop`` is set."""
+    while (wait := due - time.monotonic()) > 0 and not stop.is_set():
+        producer.poll(min(wait, 0.05))
+
+
+def _send(producer: Any, topic: str, event: Event, on_delivery: Any,
+          stop: threading.Event) -> bool:
+    """Queue one event, waiting while the local queue is full; False if ``stop`` came first."""
+    while True:
+        try:
+            producer.produce(topic, event.value, key=event.key, on_delivery=on_delivery)
+            return True
+        except BufferError:  # the local queue is full: let deliveries drain
+            if stop.is_set():
+                return False
+            producer.poll(0.1)
+
+
 def produce_events(producer: Any, topic: str, events: Iterator[Event], count: int | None, *,
                    rate: float | None = None, duration: float | None = None,
-                   progress: bool = True) -> ProduceReport:
-    """Send ``count`` events (or ``rate`` per second for ``duration`` seconds) and flush."""
+                   progress: bool = True, stop: threading.Event | None = None) -> ProduceReport:
+    """Send events, then flush (wait up to 60 s for the broker's acknowledgements).
+
+    How many: ``count`` events; else ``rate`` per second for ``duration`` seconds; else, with
+    ``rate`` alone, until ``stop`` is set. Setting ``stop`` ends any of them early; what was
+    sent is still flushed and reported. ``producer`` is a ``confluent_kafka.Producer``.
+    Raises ValueError when none of ``count``, ``duration`` or ``rate`` is given.
+    """
+    endless = count is None and duration is None
+    if endless and rate is None:
+        raise ValueError("produce_events needs count, duration or rate")
+    stop = stop or threading.Event()
     report = ProduceReport(topic)
     started = time.monotonic()
     total = count if count is not None else int((rate or 0) * (duration or 0))
@@ -169,8 +206,10 @@ def produce_events(producer: Any, topic: str, events: Iterator[Event], count: in
         part = msg.partition()
         report.next_offsets[part] = max(report.next_offsets.get(part, 0), msg.offset() + 1)
 
-    bar = click.progressbar(length=total, label=f"producing to {topic}", file=sys.stderr,
-                            show_pos=True, show_eta=rate is not None) if progress else None
+    bar: Any = None
+    if progress and not endless:  # an endless run has no length to show a bar of
+        bar = click.progressbar(length=total, label=f"producing to {topic}", file=sys.stderr,
+                                show_pos=True, show_eta=rate is not None)
     try:
         if bar is not None:
             bar.__enter__()
@@ -181,15 +220,11 @@ def produce_events(producer: Any, topic: str, events: Iterator[Event], count: in
                 due = started + i / rate
                 if duration is not None and due - started >= duration:
                     break
-                while (wait := due - time.monotonic()) > 0:
-                    producer.poll(min(wait, 0.05))
-            while True:
-                try:
-                    producer.produce(topic, event.value, key=event.key,
-                                     on_delivery=lambda e, m, k=event.kind: delivered(e, m, k))
-                    break
-                except BufferError:  # the local queue is full: let deliveries drain
-                    producer.poll(0.1)
+                _wait_until(producer, due, stop)
+            if stop.is_set() or not _send(
+                producer, topic, event, lambda e, m, k=event.kind: delivered(e, m, k), stop
+            ):
+                break
             report.sent += 1
             report.kinds[event.kind] += 1
             producer.poll(0)
@@ -219,12 +254,39 @@ def summary(report: ProduceReport) -> str:
     return line
 
 
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """Turn the first SIGTERM or SIGINT into a set event; a second one acts as if unhandled.
+
+    Yields the event; the previous handlers are restored on exit. Main thread only (Python's
+    rule for ``signal.signal``).
+    """
+    stop = threading.Event()
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, _frame: Any) -> None:
+        stop.set()
+        click.echo(f"{signal.Signals(signum).name}: stopping after the records already sent "
+                   "are acknowledged (send it again to stop at once)", err=True)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    for signum in previous:
+        signal.signal(signum, handler)
+    try:
+        yield stop
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 @click.command()
 @settings_options(specs("bootstrap_servers", "topics", *KAFKA_SECURITY, "max_record_bytes",
                         *LOGGING))
 @click.option("--count", "-n", type=click.IntRange(min=1), help="Send this many records.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True),
-              help="Records per second (with --duration, or with --count).")
+              help="Records per second: with --count, with --duration, or alone to send until "
+                   "SIGTERM or SIGINT.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True),
               help="Seconds to send for, at --rate.")
 @click.option("--seed", type=int, help="Seed of the generator: the same seed, the same events.")
@@ -241,9 +303,15 @@ def summary(report: ProduceReport) -> str:
 def produce(*, count: int | None, rate: float | None, duration: float | None, seed: int | None,
             start_time: datetime | None, malformed_ratio: float, users: int, as_json: bool,
             quiet: bool, **values: Any) -> None:
-    """Produce realistic test events (keyed by user_id) into the topic."""
-    if count is None and duration is None:
-        raise click.UsageError("give --count N, or --rate R --duration S")
+    """Produce realistic test events (keyed by user_id) into the topic.
+
+    Runs for --count records, for --duration seconds at --rate, or at --rate until SIGTERM or
+    SIGINT. A signal stops it cleanly in every mode: what was sent is flushed and summarised,
+    and the exit code is 0 unless records were not delivered.
+    """
+    if count is None and rate is None:
+        raise click.UsageError("give --count N, --rate R --duration S, or --rate R (until "
+                               "SIGTERM or SIGINT)")
     if duration is not None and rate is None:
         raise click.UsageError("--duration needs --rate")
     if count is not None and duration is not None:
@@ -259,11 +327,16 @@ def produce(*, count: int | None, rate: float | None, duration: float | None, se
         producer = Producer(producer_config(settings.kafka_config(), settings.max_record_bytes))
     except KafkaException as exc:
         raise WalBridgeError(f"cannot create a Kafka producer: {exc}") from exc
-    report = produce_events(producer, settings.topics[0], events, count, rate=rate,
-                            duration=duration, progress=not quiet)
+    if count is None and duration is None:
+        click.echo(f"producing to {settings.topics[0]} at {rate:g} records/s until SIGTERM or "
+                   "SIGINT", err=True)
+    with stop_on_signals() as stop:
+        report = produce_events(producer, settings.topics[0], events, count, rate=rate,
+                                duration=duration, progress=not quiet, stop=stop)
     if as_json:
         echo_json(report.to_json())
     else:
         click.echo(summary(report))
-    if report.delivered == 0 or report.failed_kinds.get("event"):
+    # Stopped before the first record: nothing failed.
+    if (report.sent and not report.delivered) or report.failed_kinds.get("event"):
         sys.exit(1)
