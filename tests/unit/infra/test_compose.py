@@ -2,28 +2,29 @@
 
 compose-go is the loader inside the docker compose CLI: what it accepts and how it interpolates
 and merges is what `docker compose up` will see, without needing a Docker engine. The checker
-is built once into a cache directory ($WAL_BRIDGE_CACHE or ~/.cache/wal-bridge) and run on a
-copy of compose.yaml with .env.example as its .env.
+and loader live in tests/compose_project.py (shared with the integration test that runs each
+profile's services); here they run on a copy of compose.yaml with .env.example as its .env.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
-CHECKER_SRC = ROOT / "scripts" / "compose-check"
-COMPOSE = ROOT / "compose.yaml"
-ENV_EXAMPLE = ROOT / ".env.example"
+from tests.compose_project import (
+    COMPOSE,
+    ENV_EXAMPLE,
+    ROOT,
+    build_checker,
+    load_project,
+    make_project_dir,
+    run_checker,
+)
 
 WAL_DIR = "/var/lib/wal-bridge"
 ALWAYS = {"redpanda", "redpanda-init", "producer"}
@@ -32,76 +33,16 @@ BRIDGES_LOCAL = {"bridge", "bridge-2", "bridge-3"}
 Loader = Callable[[str], dict[str, Any]]
 
 
-def _cache_dir() -> Path:
-    configured = os.environ.get("WAL_BRIDGE_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "wal-bridge"
-
-
-def _compose_go_version() -> str:
-    match = re.search(
-        r"github\.com/compose-spec/compose-go/v2 (v[0-9][^\s]*)",
-        (CHECKER_SRC / "go.mod").read_text(encoding="utf-8"),
-    )
-    assert match, "compose-go/v2 is not required in scripts/compose-check/go.mod"
-    return match.group(1)
-
-
-def _clean_env() -> dict[str, str]:
-    """The process environment without variables that compose.yaml would interpolate."""
-    keep = ("PATH", "HOME", "GOPATH", "GOMODCACHE", "GOCACHE", "GOPROXY", "GOFLAGS", "TMPDIR")
-    return {key: os.environ[key] for key in keep if key in os.environ}
-
-
 @pytest.fixture(scope="module")
 def checker() -> Path:
-    """Build scripts/compose-check once per source version and return the binary."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("go is not on PATH: cannot build scripts/compose-check (compose-go)")
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((CHECKER_SRC / name).read_bytes())
-    binary = (
-        _cache_dir() / "bin" / f"compose-check-{_compose_go_version()}-{digest.hexdigest()[:12]}"
-    )
-    if not binary.exists():
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        partial = binary.with_name(f"{binary.name}.{os.getpid()}.tmp")
-        result = subprocess.run(
-            [go, "build", "-trimpath", "-o", str(partial), "."],
-            cwd=CHECKER_SRC,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-            env=_clean_env() | {"CGO_ENABLED": "0"},
-        )
-        assert result.returncode == 0, f"go build failed:\n{result.stderr}"
-        partial.replace(binary)
-    return binary
+    """scripts/compose-check, built once per source version."""
+    return build_checker()
 
 
 @pytest.fixture(scope="module")
 def project_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of compose.yaml with .env.example as .env and a placeholder credentials file."""
-    workdir = tmp_path_factory.mktemp("compose")
-    shutil.copy(COMPOSE, workdir / "compose.yaml")
-    shutil.copy(ENV_EXAMPLE, workdir / ".env")
-    (workdir / "secrets").mkdir()
-    (workdir / "secrets" / "gcp-key.json").write_text("{}\n", encoding="utf-8")
-    return workdir
-
-
-def _run(checker: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(checker), "-file", "compose.yaml", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=_clean_env(),
-    )
+    return make_project_dir(tmp_path_factory.mktemp("compose"))
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +52,7 @@ def load(checker: Path, project_dir: Path) -> Loader:
 
     def _load(profiles: str) -> dict[str, Any]:
         if profiles not in cache:
-            result = _run(checker, project_dir, "-json", profiles)
-            assert result.returncode == 0, result.stderr
-            document = json.loads(result.stdout)
-            assert document["services"] == sorted(document["project"]["services"])
-            cache[profiles] = document["project"]
+            cache[profiles] = load_project(checker, project_dir, profiles)
         return cache[profiles]
 
     return _load
@@ -148,7 +85,7 @@ def test_gcp_profile_has_no_emulator(load: Loader) -> None:
 def test_local_profile_loads_without_env_file(checker: Path, tmp_path: Path) -> None:
     """Without a .env the defaults written in compose.yaml are enough for the local profile."""
     shutil.copy(COMPOSE, tmp_path / "compose.yaml")
-    result = _run(checker, tmp_path, "local")
+    result = run_checker(checker, tmp_path, "local")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
         "local:",
@@ -165,7 +102,7 @@ def test_checker_reports_loader_errors(checker: Path, tmp_path: Path) -> None:
     (tmp_path / "compose.yaml").write_text(
         "services:\n  a:\n    image: busybox\n    depends_on: [missing]\n", encoding="utf-8"
     )
-    result = _run(checker, tmp_path, "none")
+    result = run_checker(checker, tmp_path, "none")
     assert result.returncode != 0
     assert "missing" in result.stderr
 
