@@ -59,6 +59,13 @@ class Destination:
         parent = self.prefix.rpartition("/")[0]
         return f"{parent}/dead-letter" if parent else "dead-letter"
 
+    @property
+    def schema_key(self) -> str:
+        """Where the table's schema is stored, shared by every instance writing this prefix:
+        outside the data prefix, so neither the external table nor a lifecycle rule on the
+        data reaches it."""
+        return f"_wal_bridge/{self.prefix}/schema.json"
+
     def url(self, key: str = "") -> str:
         if self.scheme == "gs":
             return f"gs://{self.bucket}/{key}"

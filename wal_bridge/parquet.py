@@ -66,6 +66,7 @@ from wal_bridge.schema import (
     FieldType,
     PayloadSchema,
     SchemaStore,
+    SharedSchema,
     cast_fragments,
     infer,
 )
@@ -420,17 +421,18 @@ class Converter:
         self._expected: tuple[str, ...] = ()
 
     @classmethod
-    def open(cls, max_record_bytes: int, wal_dir: Path,
-             schema_file: Path | None = None) -> Converter:
+    def open(cls, max_record_bytes: int, wal_dir: Path, schema_file: Path | None = None,
+             shared: SharedSchema | None = None) -> Converter:
         """The service's converter: SCHEMA_FILE when given, else the schema pinned in
-        ``wal_dir`` (or pinned there from the first data). Raises ConfigError for a bad one."""
-        return cls(max_record_bytes, SchemaStore.open(wal_dir, schema_file))
+        ``wal_dir`` (or pinned there from the first data); with ``shared``, the one its
+        destination holds. Raises ConfigError for a bad one."""
+        return cls(max_record_bytes, SchemaStore.open(wal_dir, schema_file, shared))
 
     def convert(self, batches: Sequence[pa.RecordBatch], seal: SealInfo) -> Converted:
         table = pa.Table.from_batches(list(batches), schema=BATCH_SCHEMA).combine_chunks()
         rejects = _Rejects()
         rows, text = self._screen(table.column("_value"), rejects)
-        schema = self.store.schema
+        schema = self.store.agreed()
         if schema is None and len(rows):
             objects = _objects(text)
             if not objects:  # no record is a standard JSON object: say why of each (rare)

@@ -20,11 +20,12 @@ from types import FrameType
 
 from wal_bridge.config import Settings, describe
 from wal_bridge.consumer import BridgeConsumer
-from wal_bridge.errors import SinkError, WalBridgeError
+from wal_bridge.errors import ConfigError, SinkError, WalBridgeError
 from wal_bridge.failpoints import Failpoints
 from wal_bridge.logs import RateLimited, get_logger
 from wal_bridge.metrics import Metrics, MetricsServer, readiness
 from wal_bridge.parquet import Converter
+from wal_bridge.schema import SharedSchema
 from wal_bridge.sealer import Sealer
 from wal_bridge.sink import Sink, open_sink
 from wal_bridge.uploader import Uploader
@@ -58,7 +59,7 @@ class StageLoop:
         while not self.halt.is_set():
             try:
                 busy = self.step()
-            except WalFatalError as exc:
+            except (WalFatalError, ConfigError) as exc:  # no retry mends these
                 self.on_fatal(exc)
                 return
             except Exception as exc:  # a stage must outlive one bad step
@@ -95,8 +96,9 @@ class Bridge:
             failpoints=Failpoints(settings.failpoint),
         )
         self.metrics = Metrics()  # a registry per bridge: tests run several in one process
-        converter = Converter.open(settings.max_record_bytes, settings.wal_dir,
-                                   settings.schema_file)
+        converter = Converter.open(
+            settings.max_record_bytes, settings.wal_dir, settings.schema_file,
+            SharedSchema(self.sink, destination.schema_key, settings.wal_dir))
         self.sealer = Sealer(self.wal, converter, self.metrics)
         self.uploader = Uploader(self.wal, self.sink, self.halt, metrics=self.metrics)
         self.consumer: BridgeConsumer | None = None
@@ -136,6 +138,7 @@ class Bridge:
             recovery_ms=round(recovery.duration_s * 1000, 1),
         )
         self._check_sink()
+        self._agree_on_schema()
         stages = [
             *(StageLoop(f"sealer-{n}", self.sealer.step, self.halt, self._on_fatal)
               for n in range(1, CONVERT_WORKERS + 1)),
@@ -185,6 +188,17 @@ class Bridge:
                 raise
             log.warning("destination_unreachable_at_start", error=str(exc),
                         note="consuming into the WAL; uploads retry until it is back")
+
+    def _agree_on_schema(self) -> None:
+        """A SCHEMA_FILE or pinned schema that differs from the destination's stops the start
+        (ConfigError, exit 2); an unreachable destination defers the check to the first
+        conversion, which retries it."""
+        try:
+            self.sealer.converter.store.agreed()
+        except SinkError as exc:
+            if not exc.transient:
+                raise
+            log.warning("schema_check_deferred", error=str(exc))
 
     def _drain(self, consumer: BridgeConsumer) -> None:
         """Seal, convert and ship within the grace period; keep serving Kafka callbacks."""

@@ -32,16 +32,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from wal_bridge.config import SPECS_BY_NAME
-from wal_bridge.errors import ConfigError
+from wal_bridge.errors import ConfigError, ObjectConflictError
 from wal_bridge.logs import get_logger
 from wal_bridge.wal import fs
+
+if TYPE_CHECKING:
+    from wal_bridge.sink import Sink
 
 log = get_logger("wal_bridge.schema")
 
@@ -437,18 +440,79 @@ def _schema_file_error(path: Path, problem: str) -> ConfigError:
     return ConfigError(f"{spec.env} ({spec.flag})={str(path)!r}: {problem}")
 
 
+class SchemaConflictError(ConfigError):
+    """The schema this instance would write differs from the one its destination holds."""
+
+
+class SharedSchema:
+    """The destination's copy of the schema: one per table, whichever instance wrote it first.
+
+    It is the object ``key`` of ``sink`` (``_wal_bridge/{prefix}/schema.json``, outside the
+    table's files and their lifecycle rule), in the ``SCHEMA_FILE`` format, written create-only:
+    instances racing to pin their first data agree on the first one stored, and every instance
+    adopts it. ``scratch`` is a directory for the staged bytes (the WAL directory, whose stray
+    temp files are cleared at start).
+    """
+
+    def __init__(self, sink: Sink, key: str, scratch: Path) -> None:
+        self.sink = sink
+        self.key = key
+        self.scratch = scratch
+
+    @property
+    def url(self) -> str:
+        return self.sink.destination.url(self.key)
+
+    def publish(self, schema: PayloadSchema) -> PayloadSchema:
+        """Store ``schema`` unless the destination holds one; return the one it holds.
+
+        Raises SinkError (``transient`` says whether to try again), or SchemaError when the
+        stored object is not a schema.
+        """
+        staged = fs.temp_path(self.scratch / "schema.shared")
+        staged.write_bytes(schema.to_json())
+        try:
+            self.sink.put(self.key, staged)
+        except ObjectConflictError:
+            try:
+                return PayloadSchema.parse(self.sink.read(self.key))
+            except SchemaError as exc:
+                raise SchemaError(f"{self.url}: {exc}") from None
+        finally:
+            staged.unlink(missing_ok=True)
+        return schema
+
+
+def _difference(ours: PayloadSchema, theirs: PayloadSchema) -> str:
+    """The first column where two schemas differ, in words."""
+    for position, (a, b) in enumerate(zip(ours.fields, theirs.fields, strict=False), start=1):
+        if a != b:
+            return (f"column {position} is {a.name} {a.type.value} here, "
+                    f"{b.name} {b.type.value} there")
+    return f"{len(ours.fields)} columns here, {len(theirs.fields)} there"
+
+
 class SchemaStore:
-    """Holds the schema in force and pins the first data's schema when none is fixed yet."""
+    """Holds the schema in force and pins the first data's schema when none is fixed yet.
+
+    With a :class:`SharedSchema`, the schema in force is also the destination's: SCHEMA_FILE or
+    a schema pinned earlier in the WAL directory is published there (and must agree with what
+    is stored), and the first data's schema is published or, when another instance was first,
+    replaced by the stored one before any file is written with it.
+    """
 
     def __init__(self, schema: PayloadSchema | None = None, *, pin_path: Path | None = None,
-                 source: str = "memory") -> None:
+                 source: str = "memory", shared: SharedSchema | None = None) -> None:
         self._schema = schema
         self.pin_path = pin_path
         self.source = source
+        self.shared = shared
+        self._agreed = shared is None  # the destination holds the schema in force
         self._lock = threading.Lock()  # conversion threads may pin at the same time
 
     @classmethod
-    def open(cls, wal_dir: Path, schema_file: Path | None = None) -> SchemaStore:
+    def open(cls, wal_dir: Path, schema_file: Path | None = None,
+             shared: SharedSchema | None = None) -> SchemaStore:
         """SCHEMA_FILE when given, else the schema pinned in ``wal_dir`` (or none yet)."""
         if schema_file is not None:
             try:
@@ -459,32 +523,69 @@ class SchemaStore:
                 raise _schema_file_error(schema_file, str(exc)) from None
             log.info("schema_loaded", source="SCHEMA_FILE", path=str(schema_file),
                      columns=len(schema.fields))
-            return cls(schema, source="SCHEMA_FILE")
+            return cls(schema, source="SCHEMA_FILE", shared=shared)
         pinned = wal_dir / PINNED_NAME
         try:
             data = pinned.read_bytes()
         except FileNotFoundError:
-            return cls(None, pin_path=pinned, source="first data")
+            return cls(None, pin_path=pinned, source="first data", shared=shared)
         try:
             schema = PayloadSchema.parse(data)
         except SchemaError as exc:
             raise ConfigError(f"{pinned} (the schema pinned from the first data): {exc}; "
                               "fix or remove it with the bridge stopped") from None
         log.info("schema_loaded", source="pinned", path=str(pinned), columns=len(schema.fields))
-        return cls(schema, pin_path=pinned, source="pinned")
+        return cls(schema, pin_path=pinned, source="pinned", shared=shared)
 
     @property
     def schema(self) -> PayloadSchema | None:
         return self._schema
 
-    def pin(self, schema: PayloadSchema) -> PayloadSchema:
-        """Fix ``schema`` for good (durably, when there is a pin path); return the one in force."""
+    def agreed(self) -> PayloadSchema | None:
+        """The schema in force, once the destination is known to hold the same (None: no
+        schema yet). Raises SchemaConflictError when it holds another, SinkError when it cannot
+        be reached (try again later)."""
         with self._lock:
-            return self._pin(schema)
-
-    def _pin(self, schema: PayloadSchema) -> PayloadSchema:
-        if self._schema is not None:
+            if self._schema is not None and not self._agreed:
+                self._agree(self._schema)
             return self._schema
+
+    def pin(self, schema: PayloadSchema) -> PayloadSchema:
+        """Fix ``schema`` for good (durably, when there is a pin path, and at the destination,
+        when shared) unless one is in force; return the one in force."""
+        with self._lock:
+            if self._schema is None:
+                self._pin(schema)
+            elif not self._agreed:
+                self._agree(self._schema)
+            assert self._schema is not None
+            return self._schema
+
+    def _agree(self, ours: PayloadSchema) -> None:
+        assert self.shared is not None
+        stored = self.shared.publish(ours)
+        if stored != ours:
+            if self.pin_path is None:
+                where = "SCHEMA_FILE"
+                fix = "make SCHEMA_FILE the same (`wal_bridge schema` prints the stored one)"
+            else:
+                where, fix = (f"the schema pinned in {self.pin_path}",
+                              f"stop the bridge and remove {self.pin_path} to adopt it")
+            raise SchemaConflictError(
+                f"{where} differs from the one stored for this destination at {self.shared.url} "
+                f"({_difference(ours, stored)}): every instance writing one table must use one "
+                f"schema; {fix}")
+        self._agreed = True
+        log.info("schema_agreed", destination=self.shared.url, columns=len(ours.fields))
+
+    def _pin(self, schema: PayloadSchema) -> None:
+        if self.shared is not None:
+            stored = self.shared.publish(schema)
+            if stored != schema:
+                log.info("schema_adopted", destination=self.shared.url,
+                         columns=len(stored.fields), inferred=schema.compact())
+            schema = stored
+            self._agreed = True
         if self.pin_path is not None:
             self.pin_path.parent.mkdir(parents=True, exist_ok=True)
             fs.write_atomic(self.pin_path, schema.to_json())
@@ -492,4 +593,3 @@ class SchemaStore:
         self.source = "pinned"
         log.info("schema_pinned", path=str(self.pin_path) if self.pin_path else None,
                  columns=len(schema.fields), schema=schema.compact())
-        return schema

@@ -188,3 +188,51 @@ def test_schema_drift_end_to_end_loses_nothing_and_keeps_one_schema(
         assert json.loads(row["device"]) == original["device"]
         if "campaign" in original:
             assert extra["campaign"] == original["campaign"]
+
+
+def test_two_instances_with_different_first_data_write_one_schema_on_one_destination(
+    kafka: KafkaHandle, gcs: GcsHandle, bucket: str, tmp_path: Path,
+) -> None:
+    """Two bridges whose first data differ (two topics, one bucket prefix, no SCHEMA_FILE)
+    write files of one schema: the first to pin stores it beside the data, the other adopts
+    it. A third started with a SCHEMA_FILE that disagrees stops at start with one line, exit 2."""
+    topics = [kafka.create_topic(f"one-schema-{n}-{time.monotonic_ns()}", partitions=PARTITIONS)
+              for n in ("a", "b")]
+    shapes = [lambda i: {"id": i, "name": f"n{i}"}, lambda i: {"user": f"u{i}", "score": i / 2}]
+    bridges = []
+    for n, (topic, shape) in enumerate(zip(topics, shapes, strict=True)):
+        produce(kafka.bootstrap, topic, [json.dumps(shape(i)).encode() for i in range(200)],
+                partitions=PARTITIONS)
+        env = bridge_env(bootstrap=kafka.bootstrap, topic=topic,
+                         destination=f"gs://{bucket}/raw", wal_dir=tmp_path / f"wal-{n}",
+                         emulator=gcs.url, BATCH_SIZE="100", INSTANCE_ID=f"bridge-{n}")
+        bridges.append(BridgeProcess(env, tmp_path / f"bridge-{n}.log").start())
+    client = gcs.client()
+    try:
+        data = wait_for(lambda: (d if (d := read_gcs(client, bucket, "raw/")).rows >= 400
+                                 else None), 180, "400 rows landed",
+                        on_timeout=lambda: bridges[1].log()[-3000:])
+        assert all(b.terminate() == 0 for b in bridges)
+    finally:
+        for b in bridges:
+            b.stop()
+    schemas = {t.schema.remove_metadata() for t in data.tables.values()}
+    assert len(schemas) == 1, schemas
+    stored = client.bucket(bucket).blob("_wal_bridge/raw/schema.json").download_as_bytes()
+    payload = [c["name"] for c in json.loads(stored)]
+    assert payload in (["id", "name"], ["user", "score"])
+    assert data.rows == 400
+    assert sum(1 for t in data.tables.values() if t.num_rows) >= 2  # both wrote files
+
+    other = tmp_path / "other.json"
+    other.write_text('[{"name": "id", "type": "string"}]')
+    env = bridge_env(bootstrap=kafka.bootstrap, topic=topics[0],
+                     destination=f"gs://{bucket}/raw", wal_dir=tmp_path / "wal-x",
+                     emulator=gcs.url, SCHEMA_FILE=str(other))
+    third = BridgeProcess(env, tmp_path / "bridge-x.log").start()
+    try:
+        assert third.wait(60) == 2
+    finally:
+        third.stop()
+    assert "SCHEMA_FILE differs from the one stored for this destination at gs://" \
+        in third.log()
