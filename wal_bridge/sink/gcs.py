@@ -124,6 +124,8 @@ def credentials_error(path: Path, exc: BaseException) -> ConfigError:
 
 
 class GcsSink:
+    """A bucket and prefix of Google Cloud Storage behind the Sink interface (create-only puts)."""
+
     def __init__(
         self,
         destination: Destination,

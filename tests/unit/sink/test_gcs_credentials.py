@@ -54,6 +54,7 @@ class Recorder:
 
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
+    """A Recorder serving on a free loopback port for the test's duration."""
     rec = Recorder("")
 
     class Handler(BaseHTTPRequestHandler):
@@ -116,7 +117,7 @@ def _built_offline(client: storage.Client, recorder: Recorder) -> Any:
     return credentials
 
 
-def _external_account(rec: Recorder, tmp_path: Path, source: dict[str, Any],
+def _external_account(rec: Recorder, source: dict[str, Any],
                       token_type: str = JWT_SUBJECT) -> dict[str, Any]:
     return {
         "type": "external_account", "audience": AUDIENCE, "subject_token_type": token_type,
@@ -192,7 +193,7 @@ def test_workload_identity_federation_gives_external_account_credentials(
     """
     expected_class, token_type, source = EXTERNAL[kind]
     (tmp_path / "subject-token").write_text("a-subject-token")
-    info = _external_account(recorder, tmp_path, source(recorder, tmp_path), token_type)
+    info = _external_account(recorder, source(recorder, tmp_path), token_type)
     client = _client(_write(tmp_path, info))
     credentials = _built_offline(client, recorder)
     assert type(credentials) is expected_class
@@ -286,7 +287,7 @@ def test_an_external_account_exchanges_its_subject_token_on_first_use(
         tmp_path: Path, recorder: Recorder) -> None:
     """File-sourced federation reads the subject token file and exchanges it at the STS URL."""
     (tmp_path / "subject-token").write_text("a-subject-token")
-    info = _external_account(recorder, tmp_path, {"file": str(tmp_path / "subject-token")})
+    info = _external_account(recorder, {"file": str(tmp_path / "subject-token")})
     client = _client(_write(tmp_path, info))
     assert recorder.seen == []
     client._http.get(f"{recorder.url}/probe", timeout=10)
