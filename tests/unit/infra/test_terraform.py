@@ -285,3 +285,14 @@ def test_outputs_are_described() -> None:
     assert OUTPUTS
     for name, body in OUTPUTS.items():
         assert str(body.get("description", "")).strip(), f"output {name} has no description"
+
+
+def test_the_schema_fixture_is_what_wal_bridge_schema_prints() -> None:
+    """The Terraform test's table_schema_file is the command's own output for a two-column
+    SCHEMA_FILE, so the plan is checked with the file an operator would pass."""
+    from wal_bridge import bigquery
+    from wal_bridge.schema import Field, FieldType, PayloadSchema
+
+    payload = PayloadSchema((Field("id", FieldType.INT64), Field("kind", FieldType.STRING)))
+    fixture = INFRA / "tests" / "fixtures" / "events.schema.json"
+    assert fixture.read_text(encoding="utf-8") == bigquery.to_json(bigquery.table_schema(payload))
