@@ -214,6 +214,19 @@ class NativeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def metric(self, name: str) -> float:
+        """The sum of the samples of ``name`` on its /metrics (0 while it does not answer)."""
+        if self.metrics_port is None:
+            return 0.0
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                text = response.read().decode()
+        except (urllib.error.URLError, OSError):
+            return 0.0
+        pattern = rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$"
+        return sum(float(v) for v in re.findall(pattern, text, re.M))
+
     def ready(self) -> bool:
         """True when its /readyz answers 200 (assigned partitions and moving data)."""
         if self.metrics_port is None:
@@ -263,54 +276,31 @@ def topic_identities(bootstrap: str, topic: str, timeout: float = 60) -> Counter
 
 
 class TopicWatch:
-    """Consumers that answer how far a topic and a group have got; close it after use.
+    """A consumer that answers how many records a topic holds; close it after use.
 
-    Broker errors while a fresh topic's leaders are elected read as "not yet" (0 records,
-    not caught up) rather than failing the poll that asked.
+    Broker errors while a fresh topic's leaders are elected read as "not yet" (0 records)
+    rather than failing the poll that asked.
     """
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
-        self._bootstrap = bootstrap
-        self._consumers: dict[str, Consumer] = {}
-        self._partitions = sorted(
-            self._consumer(f"watch-{topic}").list_topics(topic, timeout=20).topics[topic].partitions
-        )
-
-    def _consumer(self, group: str) -> Consumer:
-        if group not in self._consumers:
-            self._consumers[group] = Consumer({"bootstrap.servers": self._bootstrap,
-                                               "group.id": group, "enable.auto.commit": False})
-        return self._consumers[group]
-
-    def _tps(self) -> list[TopicPartition]:
-        return [TopicPartition(self.topic, p) for p in self._partitions]
-
-    def ends(self) -> dict[int, int]:
-        """End offset per partition; raises KafkaException while they are not known."""
-        consumer = self._consumer(f"watch-{self.topic}")
-        return {tp.partition: consumer.get_watermark_offsets(tp, timeout=20)[1]
-                for tp in self._tps()}
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"watch-{topic}",
+                                   "enable.auto.commit": False})
+        metadata = self._consumer.list_topics(topic, timeout=20).topics[topic]
+        self._partitions = sorted(metadata.partitions)
 
     def size(self) -> int:
         """Records in the topic now (a topic here is never truncated, so end offsets add up)."""
         try:
-            return sum(self.ends().values())
+            return sum(
+                self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=20)[1]
+                for p in self._partitions
+            )
         except KafkaException:
             return 0
 
-    def caught_up(self, group: str) -> bool:
-        """True when ``group`` has committed the end offset of every non-empty partition."""
-        try:
-            ends = self.ends()
-            committed = self._consumer(group).committed(self._tps(), timeout=20)
-        except KafkaException:
-            return False
-        return all(tp.offset >= ends[tp.partition] for tp in committed if ends[tp.partition])
-
     def close(self) -> None:
-        for consumer in self._consumers.values():
-            consumer.close()
+        self._consumer.close()
 
 
 def landed_objects(client: Any, bucket: str) -> list[str]:

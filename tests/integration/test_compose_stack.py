@@ -65,6 +65,7 @@ PROJECT_DOCKERFILE = "docker/Dockerfile"
 # Records the producer sends before it is stopped: 10 s at compose's 200/s.
 RECORDS = 2000
 SECRETS_DIR = "/run/secrets"
+APPENDED = "wal_bridge_records_appended_total"
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +204,16 @@ def _wait(what: str, until: Any, processes: list[NativeProcess], timeout: float)
         time.sleep(0.5)
 
 
+def _grace(service: dict[str, Any]) -> float:
+    """Seconds compose waits after the stop signal before SIGKILL: stop_grace_period (a Go
+    duration in compose-go's model, such as "45s" or "1m30s"), 10 by default."""
+    text = service.get("stop_grace_period") or "10s"
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert "".join(n + u for n, u in parts) == text, text
+    return sum(float(n) * units[u] for n, u in parts)
+
+
 def _produced(log: str) -> tuple[int, int]:
     """(delivered, sent) from the producer's summary line."""
     match = re.search(r"produced (\d+) of (\d+) records", log)
@@ -261,21 +272,24 @@ def test_profile_runs_and_lands_every_record_once(
         _wait(f"{RECORDS} records, ready bridges and a first Parquet file", running, processes,
               timeout=150)
 
-        assert producer.terminate(timeout=60) == 0, describe(processes)
+        # Each process must exit 0 within the grace compose gives it before SIGKILL.
+        assert producer.terminate(_grace(stack.services["producer"])) == 0, describe(processes)
         delivered, sent = _produced(producer.log())
         assert delivered == sent == watch.size()
         if not bridges:
             return
 
-        (group,) = groups
-        _wait("the group to commit the end of every partition",
-              lambda: watch.caught_up(group), bridges, timeout=90)
+        # Every record is in some bridge's WAL (the bridges' own count, from their /metrics):
+        # SIGTERM must now ship all of it.
+        _wait("the bridges to append every record to their WALs",
+              lambda: sum(b.metric(APPENDED) for b in bridges) >= delivered, bridges,
+              timeout=90)
         for bridge in bridges:
             assert bridge.proc is not None
             bridge.proc.send_signal(signal.SIGTERM)
         for bridge in bridges:
             assert bridge.proc is not None
-            assert bridge.proc.wait(90) == 0, describe(processes)
+            assert bridge.proc.wait(_grace(stack.services[bridge.name])) == 0, describe(processes)
 
         produced = topic_identities(kafka.bootstrap, topic)
         landed: Counter[tuple[str, int, int]] = Counter()
