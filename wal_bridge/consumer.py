@@ -93,8 +93,6 @@ class BridgeConsumer:
         self.pause_reason: str | None = None
         self._limited = RateLimited()
         self._last_policy_commit = 0.0
-        self.records_appended = 0
-        self.batches_appended = 0
         self.metrics = metrics or Metrics()
         self.high_watermarks: dict[TP, int] = {}  # from the client's statistics (lag gauge)
         self.rebalanced = False  # set at the first assignment (readiness)
@@ -146,9 +144,7 @@ class BridgeConsumer:
             self._pause(f"disk full: {self.wal.disk_full}")
         if not done:
             return 0
-        self.records_appended += done
         self.metrics.records_appended.inc(done)
-        self.batches_appended += 1
         durable = self.wal.last_appended
         for tp, rng in durable.items():
             self._appended[tp] = max(self._appended.get(tp, 0), rng.last + 1)

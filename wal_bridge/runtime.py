@@ -102,7 +102,6 @@ class Bridge:
         self.sealer = Sealer(self.wal, converter, self.metrics)
         self.uploader = Uploader(self.wal, self.sink, self.halt, metrics=self.metrics)
         self.consumer: BridgeConsumer | None = None
-        self.started = time.monotonic()
         self.metrics.watch(self)
 
     # ----------------------------------------------------------------------------- signals

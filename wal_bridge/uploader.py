@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -45,14 +44,12 @@ class Uploader:
         initial_backoff: float = 0.5,
         max_backoff: float = 30.0,
         stuck_retry: float = 60.0,
-        on_shipped: Callable[[Segment], None] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.wal = wal
         self.sink = sink
         self.halt = halt
         self.stuck_retry = stuck_retry
-        self.on_shipped = on_shipped
         self.metrics = metrics or Metrics()
         self._not_before: dict[int, float] = {}
         self.retries = 0
@@ -126,8 +123,6 @@ class Uploader:
             duration_ms=round((time.monotonic() - started) * 1000, 1),
             **_range_fields(segment),
         )
-        if self.on_shipped is not None:
-            self.on_shipped(segment)
         return True
 
     def _put(self, key: str, path: Any) -> PutResult:
