@@ -38,10 +38,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
+from wal_bridge import durable
 from wal_bridge.config import SPECS_BY_NAME
 from wal_bridge.errors import ConfigError, ObjectConflictError
 from wal_bridge.logs import get_logger
-from wal_bridge.wal import fs
 
 if TYPE_CHECKING:
     from wal_bridge.sink import Sink
@@ -469,7 +469,7 @@ class SharedSchema:
         Raises SinkError (``transient`` says whether to try again), or SchemaError when the
         stored object is not a schema.
         """
-        staged = fs.temp_path(self.scratch / "schema.shared")
+        staged = durable.temp_path(self.scratch / "schema.shared")
         staged.write_bytes(schema.to_json())
         try:
             self.sink.put(self.key, staged)
@@ -588,7 +588,7 @@ class SchemaStore:
             self._agreed = True
         if self.pin_path is not None:
             self.pin_path.parent.mkdir(parents=True, exist_ok=True)
-            fs.write_atomic(self.pin_path, schema.to_json())
+            durable.write_atomic(self.pin_path, schema.to_json())
         self._schema = schema
         self.source = "pinned"
         log.info("schema_pinned", path=str(self.pin_path) if self.pin_path else None,

@@ -16,10 +16,10 @@ import threading
 import time
 from pathlib import Path
 
+from wal_bridge import durable
 from wal_bridge.logs import RateLimited, get_logger
 from wal_bridge.metrics import Metrics
 from wal_bridge.parquet import Converter, footer_metadata, write_parquet
-from wal_bridge.wal import fs
 from wal_bridge.wal.codec import DecodeError
 from wal_bridge.wal.log import DiskFullError, Segment, Wal
 from wal_bridge.wal.segment import iter_batches
@@ -76,8 +76,8 @@ class Sealer:
             return False
         converted = self.converter.convert(batches, segment.seal)
         final = self.wal.parquet_path(segment.seq)
-        tmp = fs.temp_path(final)
-        dead_tmp = fs.temp_path(self.wal.dead_letter_path(segment.seq))
+        tmp = durable.temp_path(final)
+        dead_tmp = durable.temp_path(self.wal.dead_letter_path(segment.seq))
         try:
             write_parquet(converted.data, tmp, footer_metadata(segment.seal, converted.data))
             has_dead = converted.dead_letters.num_rows > 0

@@ -27,6 +27,7 @@ from typing import Any
 
 import click
 
+from wal_bridge import durable
 from wal_bridge.commands.common import (
     LOGGING,
     STORAGE,
@@ -37,7 +38,6 @@ from wal_bridge.commands.common import (
 )
 from wal_bridge.config import Destination, Settings
 from wal_bridge.errors import WalBridgeError
-from wal_bridge.wal import fs
 
 
 class QueryError(WalBridgeError):
@@ -54,7 +54,7 @@ def _parquet_files(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.rglob("*.parquet")
-                  if not p.name.startswith(".") and not p.name.endswith(fs.TEMP_SUFFIX))
+                  if not p.name.startswith(".") and not p.name.endswith(durable.TEMP_SUFFIX))
 
 
 @contextmanager

@@ -39,6 +39,7 @@ from typing import Any
 import click
 import pyarrow as pa
 
+from wal_bridge import durable
 from wal_bridge.commands.common import (
     KafkaUnavailable,
     PartitionOffsets,
@@ -54,7 +55,6 @@ from wal_bridge.commands.common import (
 from wal_bridge.commands.inspect import inspect_wal, lock_holder
 from wal_bridge.config import Settings
 from wal_bridge.errors import SinkError, WalBridgeError, WalLockedError
-from wal_bridge.wal import fs
 from wal_bridge.wal.codec import (
     BATCH_SCHEMA,
     FRAME_MAGIC,
@@ -372,7 +372,7 @@ def rebuild(bridge: Any, settings: Settings, salvage: Salvage, *, accept_loss: b
 def _move_aside(qdir: Path, salvage: Salvage, report: dict[str, Any]) -> None:
     """The rebuilt data is durable in new segments: set the quarantined files aside, kept."""
     seq = salvage.seq
-    fs.write_atomic(qdir / f"{seq:010d}.replayed.json",
+    durable.write_atomic(qdir / f"{seq:010d}.replayed.json",
                     json.dumps(report, indent=2, default=str).encode())
     if salvage.file is not None and salvage.file.exists():
         os.replace(salvage.file, salvage.file.with_name(salvage.file.name + ".replayed"))
@@ -382,9 +382,9 @@ def _move_aside(qdir: Path, salvage: Salvage, report: dict[str, Any]) -> None:
     for name in (f"{seq:010d}.parquet", f"{seq:010d}.dead.parquet", f"{seq:010d}.status.json"):
         if (outbox / name).exists():
             os.replace(outbox / name, qdir / f"{name}.replayed")
-            fs.fsync_dir(outbox)
+            durable.fsync_dir(outbox)
     (qdir / f"{seq:010d}.reason.json").unlink(missing_ok=True)
-    fs.fsync_dir(qdir)
+    durable.fsync_dir(qdir)
 
 
 def ship(bridge: Any, seq: int) -> Outcome:

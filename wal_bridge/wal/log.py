@@ -12,7 +12,7 @@ Layout of ``WAL_DIR``::
     outbox/N.status.json     upload attempts and last error of a segment that failed
     quarantine/N.*           segments with damage before their end, with N.reason.json
 
-Every state change goes through :mod:`wal_bridge.wal.fs` (temp file, fsync, rename, fsync
+Every state change goes through :mod:`wal_bridge.durable` (temp file, fsync, rename, fsync
 directory). One lock serialises the consumer thread (append, seal) with the sealer and uploader
 threads (convert, ship); appends hold it for one write and one fsync.
 """
@@ -36,10 +36,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from wal_bridge import durable
 from wal_bridge.errors import ConfigError, WalBridgeError, WalLockedError
 from wal_bridge.failpoints import DISARMED, Failpoints
 from wal_bridge.logs import get_logger
-from wal_bridge.wal import fs
 from wal_bridge.wal.codec import (
     MAX_FRAME_BYTES,
     SEGMENT_HEADER_SIZE,
@@ -148,7 +148,7 @@ def _ensure_identity(wal_dir: Path, wanted: str | None) -> str:
     if wanted is None:
         host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
         wanted = f"{host.strip('-.')[:40] or 'bridge'}-{secrets.token_hex(3)}"
-    fs.write_atomic(
+    durable.write_atomic(
         wal_dir / "instance.json",
         json.dumps({"instance_id": wanted, "created_ms": _now_ms()}).encode(),
     )
@@ -246,7 +246,7 @@ class Wal:
         started = time.monotonic()
         report = RecoveryReport()
         for directory in (self.root, self.segments_dir, self.outbox_dir, self.quarantine_dir):
-            report.removed_temp += len(fs.remove_temp_files(directory))
+            report.removed_temp += len(durable.remove_temp_files(directory))
         self._load_state()
         max_seq = max(self._last_shipped_seq, self._load_quarantine())
         converted = {
@@ -323,7 +323,7 @@ class Wal:
             return segment
         if result.records == 0:
             path.unlink()
-            fs.fsync_dir(self.segments_dir)
+            durable.fsync_dir(self.segments_dir)
             report.removed_empty += 1
             return None
         self._active = segment  # what a crash left open is sealed now; appends go to a new one
@@ -352,7 +352,7 @@ class Wal:
     def _cut_tail(self, path: Path, data: bytes, result: ScanResult) -> None:
         assert result.error is not None
         torn = path.with_name(f"{path.name.split('.')[0]}.torn")
-        fs.write_atomic(torn, data[result.valid_end :])
+        durable.write_atomic(torn, data[result.valid_end :])
         with open(path, "r+b") as handle:
             handle.truncate(result.valid_end)
             handle.flush()
@@ -369,16 +369,16 @@ class Wal:
             "quarantined_at_ms": self._now_ms(), "ranges": ranges_to_json(ranges),
             "hint": "run `wal_bridge replay --quarantined` to re-fetch this range from Kafka",
         }
-        fs.write_atomic(self.quarantine_dir / f"{seq:010d}.reason.json",
+        durable.write_atomic(self.quarantine_dir / f"{seq:010d}.reason.json",
                         json.dumps(info, indent=2).encode())
         os.replace(path, target)
         # Its converted files leave the outbox with it: nothing would ever ship or delete them.
         for stale in (self.parquet_path(seq), self.dead_letter_path(seq), self.status_path(seq)):
             if stale.exists():
                 os.replace(stale, self.quarantine_dir / stale.name)
-        fs.fsync_dir(self.quarantine_dir)
-        fs.fsync_dir(path.parent)
-        fs.fsync_dir(self.outbox_dir)
+        durable.fsync_dir(self.quarantine_dir)
+        durable.fsync_dir(path.parent)
+        durable.fsync_dir(self.outbox_dir)
         self._quarantined_ranges[seq] = ranges
         log.error("segment_quarantined", segment=seq, reason=reason, offset=offset,
                   path=str(target))
@@ -460,7 +460,7 @@ class Wal:
             header = encode_segment_header(seq, created)
             _write_all(fd, header)
             os.fsync(fd)
-            fs.fsync_dir(self.segments_dir)
+            durable.fsync_dir(self.segments_dir)
         except OSError as exc:
             os.close(fd)
             path.unlink(missing_ok=True)
@@ -552,7 +552,7 @@ class Wal:
         target = self.segments_dir / segment_name(segment.seq, SEALED)
         os.replace(segment.path, target)
         self.failpoints.hit("after_seal_rename")
-        fs.fsync_dir(self.segments_dir)
+        durable.fsync_dir(self.segments_dir)
         with self._lock:  # sealed and durable: from now on the sealer may take it
             segment.path, segment.state, segment.first_append = target, SEALED, None
             if self._active is segment:
@@ -580,7 +580,7 @@ class Wal:
         self.failpoints.hit("after_parquet_write")
         if dead_tmp is not None:
             os.replace(dead_tmp, self.dead_letter_path(seq))
-        fs.publish(tmp, self.parquet_path(seq))
+        durable.publish(tmp, self.parquet_path(seq))
         self.failpoints.hit("after_convert_rename")
         with self._lock:
             segment = self._index[seq]
@@ -618,15 +618,15 @@ class Wal:
                     self._shipped_next[tp] = max(self._shipped_next.get(tp, 0), rng.last + 1)
                 self._last_shipped_seq = max(self._last_shipped_seq, seq)
                 state = self._state_json()
-            fs.write_atomic(self.root / "state.json", state)
+            durable.write_atomic(self.root / "state.json", state)
             self.failpoints.hit("after_shipped_record")
             self.parquet_path(seq).unlink(missing_ok=True)
             self.dead_letter_path(seq).unlink(missing_ok=True)
             self.status_path(seq).unlink(missing_ok=True)
             segment.path.unlink()
             self.failpoints.hit("after_delete")
-            fs.fsync_dir(self.outbox_dir)
-            fs.fsync_dir(self.segments_dir)
+            durable.fsync_dir(self.outbox_dir)
+            durable.fsync_dir(self.segments_dir)
             with self._lock:
                 del self._index[seq]
 
@@ -652,7 +652,7 @@ class Wal:
             attempts=int(status.get("attempts", 0)) + 1, last_error=error,
             last_attempt_ms=self._now_ms(), stuck=permanent,
         )
-        fs.write_atomic(status_path, json.dumps(status).encode())
+        durable.write_atomic(status_path, json.dumps(status).encode())
         return int(status["attempts"])
 
     # ----------------------------------------------------------------------------- offsets
