@@ -61,6 +61,8 @@ from scripts.bench_measure import (
 )
 from scripts.services import gcs as gcs_service
 from scripts.services import kafka as kafka_service
+from wal_bridge.wal.layout import WalLayout
+from wal_bridge.wal.segment import SEALED
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = ("ceiling", "ceiling-bridge", "bridge", "naive", "quix")
@@ -283,41 +285,36 @@ class Landed:
         return self.records, self.at
 
 
-def shipped_offsets(state_path: Path, topic: str) -> int:
+def shipped_offsets(wal: WalLayout, topic: str) -> int:
     """How many records the bridge has shipped, if it shipped its segments in order: the sum of
     its next offsets (a fresh topic's offsets start at 0 and have no gaps). Two conversion
     threads can ship a segment before the one ahead of it, so this may run ahead: see
     :func:`bridge_landed`."""
-    try:
-        raw = json.loads(state_path.read_text())
-    except (FileNotFoundError, ValueError):
-        return 0
-    return sum(int(item["next_offset"]) for item in raw.get("shipped", [])
-               if item.get("topic") == topic)
+    return sum(n for (t, _), n in wal.read_shipped().next_offsets.items() if t == topic)
 
 
-def unshipped_segments(wal_dir: Path) -> int:
+def unshipped_segments(wal: WalLayout) -> int:
     """Sealed segments still in the WAL: each leaves when its object is confirmed."""
-    try:
-        return sum(1 for name in os.listdir(wal_dir / "segments") if name.endswith(".sealed"))
-    except FileNotFoundError:
-        return 0
+    return sum(1 for _, state in wal.list_segments() if state == SEALED)
 
 
 def bridge_landed(wal_dir: Path, topic: str, events: int) -> int:
     """Records in the bucket: the shipped offsets, but never all of them while a sealed segment
     is still waiting for its upload."""
-    shipped = shipped_offsets(wal_dir / "state.json", topic)
-    if shipped >= events and unshipped_segments(wal_dir):
+    wal = WalLayout(wal_dir)
+    shipped = shipped_offsets(wal, topic)
+    if shipped >= events and unshipped_segments(wal):
         return events - 1
     return shipped
 
 
 def dir_bytes(path: Path) -> int:
+    """Bytes of the WAL's segments and outbox (what WAL_MAX_BYTES caps)."""
     total = 0
-    for sub in ("segments", "outbox"):
+    wal = WalLayout(path)
+    for sub in (wal.segments, wal.outbox):
         try:
-            with os.scandir(path / sub) as entries:
+            with os.scandir(sub) as entries:
                 for entry in entries:
                     try:
                         total += entry.stat().st_size
@@ -424,7 +421,7 @@ def run_bridge(ctx: Context, attempt: int, *, profile: bool = False) -> Run:
         # Attach once the bridge holds its WAL lock (its interpreter is up by then): one
         # sampler of wall time (--idle: waits count) and one of who holds the GIL (--gil).
         # Non-blocking, so that two samplers do not pause the bridge twice per sample.
-        wait_until(lambda: (wal_dir / "LOCK").exists() or not child.alive(), 60)
+        wait_until(lambda: WalLayout(wal_dir).lock.exists() or not child.alive(), 60)
         for mode, flag in (("wall", "--idle"), ("gil", "--gil")):
             out = ctx.workdir / f"{tag}.pyspy-{mode}.txt"
             with open(ctx.workdir / "logs" / f"{tag}.pyspy-{mode}.log", "wb") as spy_log:

@@ -195,7 +195,7 @@ def test_shipped_offsets_come_from_state_json(tmp_path: Path) -> None:
 
 
 def _parquet_tmp(wal: Wal) -> Path:
-    tmp = wal.outbox_dir / ".0000000001.parquet.tmp"
+    tmp = wal.layout.outbox / ".0000000001.parquet.tmp"
     tmp.write_bytes(b"PAR1")
     return tmp
 
@@ -251,7 +251,7 @@ def test_files_moving_while_inspect_reads_them_are_not_errors(tmp_path: Path, sh
     wal = open_wal(tmp_path, batch_size=100)
     wal.append(batch(0, 0, 5))
     wal.close()
-    module = importlib.import_module("wal_bridge.commands.inspect")
+    module = importlib.import_module("wal_bridge.wal.layout")
     real_read = module._read
 
     def moving_read(path: Path) -> bytes | None:

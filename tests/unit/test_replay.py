@@ -12,10 +12,11 @@ from click.testing import CliRunner
 
 from wal_bridge.cli import main
 from wal_bridge.commands.common import PartitionOffsets
-from wal_bridge.commands.replay import missing_runs, plan_quarantined, salvage_frames, split_need
+from wal_bridge.commands.replay import missing_runs, plan_quarantined, split_need
 from wal_bridge.wal.codec import RecordColumns
 from wal_bridge.wal.log import KeyPolicy, Wal
-from wal_bridge.wal.segment import Range, iter_frames
+from wal_bridge.wal.layout import WalLayout
+from wal_bridge.wal.segment import Range, iter_frames, salvage
 
 KEYS = KeyPolicy("raw", "dead-letter")
 
@@ -70,7 +71,8 @@ def test_salvage_reads_frames_after_the_damage_and_the_seal(tmp_path: Path) -> N
     sealed_wal(tmp_path)
     corrupt(tmp_path / "segments" / "0000000001.sealed", 1)
 
-    batches, seal = salvage_frames((tmp_path / "segments" / "0000000001.sealed").read_bytes())
+    found = salvage((tmp_path / "segments" / "0000000001.sealed").read_bytes())
+    batches, seal = found.batches, found.seal
 
     assert [b.column("_offset").to_pylist()[0] for b in batches] == [0, 20]
     assert seal is not None
@@ -83,7 +85,7 @@ def test_the_plan_asks_kafka_for_exactly_the_damaged_frame(tmp_path: Path) -> No
     corrupt(tmp_path / "segments" / "0000000001.sealed", 1)
     Wal.open(tmp_path, keys=KEYS).close()
 
-    salvage = plan_quarantined(tmp_path / "quarantine", 1)
+    salvage = plan_quarantined(WalLayout(tmp_path), 1)
 
     assert salvage.local_records == 20
     assert salvage.need == {("events", 0): [(10, 19)]}

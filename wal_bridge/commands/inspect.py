@@ -13,7 +13,6 @@ failed permanently), and ``quarantined`` (damaged, set aside; see ``wal_bridge r
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,17 +33,16 @@ from wal_bridge.commands.common import (
 from wal_bridge.config import Settings, load_settings
 from wal_bridge.errors import ConfigError
 from wal_bridge.wal.codec import SEGMENT_HEADER_SIZE, DecodeError
-from wal_bridge.wal.log import describe_lock, read_identity
+from wal_bridge.wal.layout import WalLayout, read_json
+from wal_bridge.wal.log import describe_lock
 from wal_bridge.wal.segment import (
     OPEN,
     SEALED,
     ScanResult,
     merge_ranges,
-    parse_segment_name,
     ranges_from_json,
     ranges_to_json,
     scan,
-    segment_name,
 )
 
 STATES = ("open", "sealed", "converted", "quarantined")
@@ -60,7 +58,7 @@ def lock_holder(root: Path) -> dict[str, Any]:
     written in LOCK is checked for an open descriptor on the file. Elsewhere, fall back to
     :func:`describe_lock` (which takes a shared lock for an instant).
     """
-    path = root / "LOCK"
+    path = WalLayout(root).lock
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -112,27 +110,6 @@ def _has_open(pid: int, path: Path) -> bool:
 # ------------------------------------------------------------------------------- reading
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _identity(root: Path) -> str | None:
-    with contextlib.suppress(ValueError, KeyError, TypeError, OSError):
-        return read_identity(root)
-    return None
-
-
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -140,11 +117,10 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _segment(root: Path, seq: int, state: str, data: bytes, *, locked: bool,
+def _segment(layout: WalLayout, seq: int, state: str, data: bytes, *, locked: bool,
              now: int) -> dict[str, Any]:
-    outbox = root / "outbox"
     entry: dict[str, Any] = {
-        "segment": seq, "state": state, "file": f"segments/{segment_name(seq, state)}",
+        "segment": seq, "state": state, "file": layout.relative(layout.segment(seq, state)),
         "records": 0, "bytes": len(data), "parquet_bytes": 0, "dead_letter_bytes": 0,
         "created_at": None, "age_s": None, "sealed_at": None, "key": None,
         "dead_letter_key": None, "ranges": [], "tail": None, "damage": None, "upload": None,
@@ -181,12 +157,12 @@ def _segment(root: Path, seq: int, state: str, data: bytes, *, locked: bool,
             entry["damage"] = {"reason": "sealed segment has no seal frame",
                                "byte_offset": result.size}
     if state == SEALED:
-        parquet = outbox / f"{seq:010d}.parquet"
+        parquet = layout.parquet(seq)
         if parquet.exists():
             entry["state"] = "converted"
             entry["parquet_bytes"] = _size(parquet)
-            entry["dead_letter_bytes"] = _size(outbox / f"{seq:010d}.dead.parquet")
-        status = _read_json(outbox / f"{seq:010d}.status.json")
+            entry["dead_letter_bytes"] = _size(layout.dead_letters(seq))
+        status = layout.read_upload_status(seq)
         if status is not None:
             entry["upload"] = {
                 "attempts": int(status.get("attempts", 0)),
@@ -197,44 +173,20 @@ def _segment(root: Path, seq: int, state: str, data: bytes, *, locked: bool,
     return entry
 
 
-def _segments(root: Path, locked: bool, now: int) -> tuple[list[dict[str, Any]], list[int]]:
-    seg_dir = root / "segments"
-    names = sorted(
-        parsed for p in (seg_dir.iterdir() if seg_dir.is_dir() else [])
-        if (parsed := parse_segment_name(p.name)) is not None
-    )
-    entries: list[dict[str, Any]] = []
-    seen: set[int] = set()
-    for seq, listed in names:
-        if seq in seen:
-            continue  # listed as open and as sealed while it was being renamed
-        state = listed
-        data = _read(seg_dir / segment_name(seq, state))
-        if data is None and state == OPEN:  # sealed since we listed the directory
-            state = SEALED
-            data = _read(seg_dir / segment_name(seq, SEALED))
-        if data is None:
-            continue  # shipped since we listed the directory
-        seen.add(seq)
-        entries.append(_segment(root, seq, state, data, locked=locked, now=now))
+def _segments(layout: WalLayout, locked: bool, now: int
+              ) -> tuple[list[dict[str, Any]], list[int]]:
+    entries = [_segment(layout, seq, state, data, locked=locked, now=now)
+               for seq, state, data in layout.read_segments()]
     seqs = {e["segment"] for e in entries}
-    orphans = sorted(
-        int(p.name[:10]) for p in (root / "outbox").glob("*.parquet")
-        if p.name[:10].isdigit() and int(p.name[:10]) not in seqs
-    ) if (root / "outbox").is_dir() else []
-    return entries, orphans
+    return entries, sorted(layout.outbox_segments() - seqs)
 
 
-def _quarantined(root: Path, now: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    qdir = root / "quarantine"
-    if not qdir.is_dir():
-        return [], []
+def _quarantined(layout: WalLayout, now: int
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     entries = []
-    for reason_path in sorted(qdir.glob("*.reason.json")):
-        info = _read_json(reason_path) or {}
-        seq = int(info.get("segment", reason_path.name.split(".")[0]))
-        name = str(info.get("file", ""))
-        data = _read(qdir / name) if name else None
+    for q in layout.read_quarantine():
+        info = q.info
+        data = q.read()
         readable = None
         if data is not None:
             with contextlib.suppress(DecodeError):
@@ -242,7 +194,8 @@ def _quarantined(root: Path, now: int) -> tuple[list[dict[str, Any]], list[dict[
         at = info.get("quarantined_at_ms")
         ranges = info.get("ranges", [])
         entries.append({
-            "segment": seq, "state": "quarantined", "file": f"quarantine/{name}" if name else None,
+            "segment": int(info.get("segment", q.seq)), "state": "quarantined",
+            "file": layout.relative(q.file) if q.file is not None else None,
             "bytes": len(data) if data is not None else 0,
             "reason": info.get("reason"), "byte_offset": info.get("byte_offset"),
             "quarantined_at": iso_ms(at),
@@ -250,15 +203,12 @@ def _quarantined(root: Path, now: int) -> tuple[list[dict[str, Any]], list[dict[
             "ranges": ranges, "records": sum(int(r.get("records", 0)) for r in ranges),
             "readable_records": readable,
         })
-    replayed = []
-    for path in sorted(qdir.glob("*.replayed.json")):
-        info = _read_json(path) or {}
-        replayed.append({
-            "segment": info.get("segment"), "replayed_at": info.get("replayed_at"),
-            "new_segments": info.get("new_segments", []),
-            "records": info.get("records"), "unrecovered": info.get("unrecovered", []),
-            "file": f"quarantine/{path.name}",
-        })
+    replayed = [{
+        "segment": info.get("segment"), "replayed_at": info.get("replayed_at"),
+        "new_segments": info.get("new_segments", []),
+        "records": info.get("records"), "unrecovered": info.get("unrecovered", []),
+        "file": layout.relative(path),
+    } for path, info in layout.read_replayed()]
     return entries, replayed
 
 
@@ -291,16 +241,14 @@ def inspect_wal(root: Path, now: int | None = None) -> dict[str, Any]:
     if not root.is_dir():
         raise ConfigError(f"WAL_DIR (--wal-dir)={str(root)!r}: no such directory")
     now = now_ms() if now is None else now
+    layout = WalLayout(root)
     lock = lock_holder(root)
-    segments, orphans = _segments(root, lock["locked"], now)
-    quarantined, replayed = _quarantined(root, now)
-    state = _read_json(root / "state.json") or {}
-    shipped = {(s["topic"], int(s["partition"])): int(s["next_offset"])
-               for s in state.get("shipped", [])}
-    torn = [{"segment": int(p.name.split(".")[0]), "file": f"segments/{p.name}",
-             "bytes": _size(p)}
-            for p in sorted((root / "segments").glob("*.torn"))] \
-        if (root / "segments").is_dir() else []
+    segments, orphans = _segments(layout, lock["locked"], now)
+    quarantined, replayed = _quarantined(layout, now)
+    state_json = read_json(layout.state) or {}
+    shipped = layout.read_shipped().next_offsets
+    torn = [{"segment": seq, "file": layout.relative(p), "bytes": _size(p)}
+            for seq, p in layout.torn_files()]
     by_state = dict.fromkeys(STATES, 0)
     for entry in segments:
         by_state[entry["state"]] += 1
@@ -317,9 +265,10 @@ def inspect_wal(root: Path, now: int | None = None) -> dict[str, Any]:
         "damaged": sum(1 for e in segments if e["damage"]),
     }
     return {
-        "wal_dir": str(root), "generated_at": iso_ms(now), "instance_id": _identity(root),
+        "wal_dir": str(root), "generated_at": iso_ms(now),
+        "instance_id": layout.read_identity(),
         "lock": {**lock, "running": lock["locked"]},
-        "last_shipped_segment": state.get("last_shipped_segment"),
+        "last_shipped_segment": state_json.get("last_shipped_segment"),
         "shipped": [{"topic": t, "partition": p, "next_offset": n}
                     for (t, p), n in sorted(shipped.items())],
         "segments": segments, "quarantined": quarantined, "replayed": replayed,

@@ -15,8 +15,9 @@ A quarantined segment is rebuilt from two sources:
    is then left alone unless ``--accept-loss`` says to rebuild what can be.
 
 The records are appended to a new segment through :meth:`Wal.append` and sealed (new object
-key), the quarantined file is moved aside (``quarantine/N.<state>.replayed`` with
-``N.replayed.json``, never deleted), and the new segment is shipped like any other.
+key), :meth:`Wal.release_quarantined` sets the quarantined file aside
+(``quarantine/N.<state>.replayed`` with ``N.replayed.json``, never deleted), and the new
+segment is shipped like any other. Replay never names or moves a WAL file itself.
 
 The WAL lock makes replay and a running bridge exclusive: stop the bridge first. (A running
 bridge retries stuck segments every 60 s by itself; replay is for when an operator fixed the
@@ -25,9 +26,7 @@ cause, or for quarantined segments, which the bridge never touches.)
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import threading
 import time
 import uuid
@@ -39,7 +38,6 @@ from typing import Any
 import click
 import pyarrow as pa
 
-from wal_bridge import durable
 from wal_bridge.commands.common import (
     KafkaUnavailable,
     PartitionOffsets,
@@ -55,16 +53,8 @@ from wal_bridge.commands.common import (
 from wal_bridge.commands.inspect import inspect_wal, lock_holder
 from wal_bridge.config import Settings
 from wal_bridge.errors import SinkError, WalBridgeError, WalLockedError
-from wal_bridge.wal.codec import (
-    BATCH_SCHEMA,
-    FRAME_MAGIC,
-    SEGMENT_HEADER_SIZE,
-    DecodeError,
-    FrameKind,
-    decode_frame,
-    decode_records,
-    decode_segment_header,
-)
+from wal_bridge.wal.codec import BATCH_SCHEMA
+from wal_bridge.wal.layout import REPLAYED_SUFFIX, WalLayout
 from wal_bridge.wal.segment import (
     Range,
     Ranges,
@@ -72,6 +62,7 @@ from wal_bridge.wal.segment import (
     batch_ranges,
     merge_ranges,
     ranges_from_json,
+    salvage,
 )
 
 TP = tuple[str, int]
@@ -107,35 +98,6 @@ class Salvage:
         return sum(b - a + 1 for runs in self.need.values() for a, b in runs)
 
 
-def salvage_frames(data: bytes) -> tuple[list[pa.RecordBatch], SealInfo | None]:
-    """Every frame of a damaged segment whose checksum holds, before and after the damage."""
-    view = memoryview(data)
-    try:
-        decode_segment_header(view)
-        pos = SEGMENT_HEADER_SIZE
-    except DecodeError:
-        pos = 0
-    batches: list[pa.RecordBatch] = []
-    seal = None
-    while pos < len(data):
-        try:
-            frame = decode_frame(view, pos)
-        except DecodeError:
-            nxt = data.find(FRAME_MAGIC, pos + 1)
-            if nxt < 0:
-                break
-            pos = nxt
-            continue
-        if frame.kind is FrameKind.RECORDS:
-            with contextlib.suppress(DecodeError):
-                batches.append(decode_records(frame))
-        else:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                seal = SealInfo.from_json(frame.body)
-        pos = frame.end
-    return batches, seal
-
-
 def missing_runs(rng: Range, have: Iterable[int]) -> list[Run]:
     """The offsets of ``rng`` not in ``have``, as runs."""
     runs: list[Run] = []
@@ -149,36 +111,35 @@ def missing_runs(rng: Range, have: Iterable[int]) -> list[Run]:
     return runs
 
 
-def plan_quarantined(quarantine_dir: Path, seq: int) -> Salvage:
+def plan_quarantined(layout: WalLayout, seq: int) -> Salvage:
     """Read a quarantined segment (read-only) and work out what Kafka must supply."""
-    reason_path = quarantine_dir / f"{seq:010d}.reason.json"
-    reason = json.loads(reason_path.read_text())
-    name = reason.get("file")
-    path = quarantine_dir / name if name else None
-    salvage = Salvage(seq, path if path is not None and path.exists() else None, reason)
-    if salvage.file is not None:
-        salvage.batches, salvage.seal = salvage_frames(salvage.file.read_bytes())
+    entry = next(e for e in layout.read_quarantine() if e.seq == seq)
+    data = entry.read()
+    plan = Salvage(seq, entry.file if data is not None else None, entry.info)
+    if data is not None:
+        found = salvage(data)
+        plan.batches, plan.seal = found.batches, found.seal
     local: dict[TP, list[int]] = {}
     local_ranges: Ranges = {}
-    for batch in salvage.batches:
+    for batch in plan.batches:
         merge_ranges(local_ranges, batch_ranges(batch))
         topics = batch.column("_topic").dictionary_decode().to_pylist()
         for t, p, o in zip(topics, batch.column("_partition").to_pylist(),
                            batch.column("_offset").to_pylist(), strict=True):
             local.setdefault((t, p), []).append(o)
-    if salvage.seal is not None:
-        salvage.ranges = dict(salvage.seal.ranges)
+    if plan.seal is not None:
+        plan.ranges = dict(plan.seal.ranges)
     else:
-        salvage.ranges = ranges_from_json(reason.get("ranges", []))
-        merge_ranges(salvage.ranges, local_ranges)
-    for tp, rng in salvage.ranges.items():
+        plan.ranges = ranges_from_json(entry.info.get("ranges", []))
+        merge_ranges(plan.ranges, local_ranges)
+    for tp, rng in plan.ranges.items():
         have = local.get(tp, [])
-        if salvage.seal is not None and len(set(have)) >= rng.count:
+        if plan.seal is not None and len(set(have)) >= rng.count:
             continue  # the seal's count confirms every record was read back
         runs = missing_runs(rng, have)
         if runs:
-            salvage.need[tp] = runs
-    return salvage
+            plan.need[tp] = runs
+    return plan
 
 
 def split_need(need: dict[TP, list[Run]], offsets: dict[TP, PartitionOffsets]
@@ -349,7 +310,7 @@ def rebuild(bridge: Any, settings: Settings, salvage: Salvage, *, accept_loss: b
     absent_list: list[dict[str, Any]] = [
         {"topic": t, "partition": p, "first_offset": a, "last_offset": b, "count": b - a + 1}
                    for (t, p), runs in sorted(absent.items()) for a, b in runs]
-    _move_aside(wal.quarantine_dir, salvage, {
+    wal.release_quarantined(salvage.seq, {
         "segment": salvage.seq, "replayed_at": iso_ms(now_ms()), "new_segments": new,
         "records": table.num_rows, "from_file": salvage.local_records,
         "from_kafka": table.num_rows - salvage.local_records,
@@ -369,24 +330,6 @@ def rebuild(bridge: Any, settings: Settings, salvage: Salvage, *, accept_loss: b
     return outcome
 
 
-def _move_aside(qdir: Path, salvage: Salvage, report: dict[str, Any]) -> None:
-    """The rebuilt data is durable in new segments: set the quarantined files aside, kept."""
-    seq = salvage.seq
-    durable.write_atomic(qdir / f"{seq:010d}.replayed.json",
-                    json.dumps(report, indent=2, default=str).encode())
-    if salvage.file is not None and salvage.file.exists():
-        os.replace(salvage.file, salvage.file.with_name(salvage.file.name + ".replayed"))
-    # Outbox files of the segment (converted before the damage was found) would never be
-    # shipped now: keep them beside it instead.
-    outbox = qdir.parent / "outbox"
-    for name in (f"{seq:010d}.parquet", f"{seq:010d}.dead.parquet", f"{seq:010d}.status.json"):
-        if (outbox / name).exists():
-            os.replace(outbox / name, qdir / f"{name}.replayed")
-            durable.fsync_dir(outbox)
-    (qdir / f"{seq:010d}.reason.json").unlink(missing_ok=True)
-    durable.fsync_dir(qdir)
-
-
 def ship(bridge: Any, seq: int) -> Outcome:
     """Convert (if needed) and upload one pending segment through the bridge's own stages."""
     segment = next((s for s in bridge.wal.snapshot() if s.seq == seq), None)
@@ -394,17 +337,17 @@ def ship(bridge: Any, seq: int) -> Outcome:
         return Outcome(seq, "ship", True, "already shipped")
     if not segment.converted:
         if not bridge.sealer.convert(segment):
-            quarantined = (bridge.wal.quarantine_dir / f"{seq:010d}.reason.json").exists()
+            quarantined = seq in bridge.wal.quarantined()
             return Outcome(seq, "convert", False, "quarantined at conversion: it no longer "
                            "decodes" if quarantined else "conversion failed (disk full?)")
         segment = next(s for s in bridge.wal.snapshot() if s.seq == seq)
     assert segment.seal is not None
     if bridge.uploader.ship(segment):
         return Outcome(seq, "ship", True, f"shipped to {segment.seal.key}")
-    status_path = bridge.wal.status_path(seq)
     error = "upload interrupted (timeout): the destination kept failing"
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        error = str(json.loads(status_path.read_text()).get("last_error", error))
+    status = bridge.wal.layout.read_upload_status(seq)
+    if status is not None:
+        error = str(status.get("last_error", error))
     if bridge.halt.is_set():
         error = f"gave up after the time limit; last error: {error}"
     return Outcome(seq, "ship", False, error)
@@ -442,7 +385,7 @@ def _pending_plan(e: dict[str, Any]) -> str:
 
 
 def _quarantined_plan(settings: Settings, q: dict[str, Any]) -> list[str]:
-    salvage = plan_quarantined(settings.wal_dir / "quarantine", q["segment"])
+    salvage = plan_quarantined(WalLayout(settings.wal_dir), q["segment"])
     lines = [f"  {q['segment']:010d}  quarantined ({q['reason']})",
              f"      {salvage.local_records} records readable in the file"
              + (" (seal frame intact)" if salvage.seal else "")]
@@ -461,7 +404,7 @@ def _quarantined_plan(settings: Settings, q: dict[str, Any]) -> list[str]:
         if lost:
             return [*lines, "      -> left in quarantine unless --accept-loss"]
     return [*lines, "      -> write a new segment, ship it, move the file aside "
-                    f"(quarantine/{Path(q['file'] or '').name}.replayed)"]
+                    f"({q['file'] or 'its reason file'}{REPLAYED_SUFFIX})"]
 
 
 def print_plan(settings: Settings, ids: set[int], *, everything: bool, quarantined_only: bool
@@ -513,8 +456,7 @@ def replay_wal(settings: Settings, ids: set[int], *, everything: bool, quarantin
         except SinkError as exc:
             if not exc.transient:
                 raise
-        quarantine = bridge.wal.quarantine_dir
-        q_seqs = sorted(int(p.name.split(".")[0]) for p in quarantine.glob("*.reason.json"))
+        q_seqs = bridge.wal.quarantined()
         q_targets = [s for s in q_seqs if everything or quarantined_only or s in ids]
         pending = [] if quarantined_only else [
             s.seq for s in bridge.wal.snapshot() if everything or s.seq in ids]
@@ -524,7 +466,7 @@ def replay_wal(settings: Settings, ids: set[int], *, everything: bool, quarantin
                                     "already, or never existed)"))
         for seq in q_targets:
             progress.update(f"rebuilding quarantined segment {seq}", force=True)
-            outcome = rebuild(bridge, settings, plan_quarantined(quarantine, seq),
+            outcome = rebuild(bridge, settings, plan_quarantined(bridge.wal.layout, seq),
                               accept_loss=accept_loss, progress=progress)
             outcomes.append(outcome)
             pending.extend(outcome.new_segments)

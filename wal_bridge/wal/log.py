@@ -1,16 +1,6 @@
 """The write-ahead log directory: lock, identity, recovery, append, seal and the segment index.
 
-Layout of ``WAL_DIR``::
-
-    LOCK                     flock held by the running process (its pid inside)
-    instance.json            this instance's identity, fixed at first start
-    state.json               per partition, the next offset after what was shipped
-    segments/N.open          the active segment, appended and fsynced per polled batch
-    segments/N.sealed        sealed: immutable, its seal frame names its object key
-    segments/N.torn          damaged tail bytes cut off an open segment at recovery
-    outbox/N.parquet         converted, waiting for upload
-    outbox/N.status.json     upload attempts and last error of a segment that failed
-    quarantine/N.*           segments with damage before their end, with N.reason.json
+The directory's files are named in :mod:`wal_bridge.wal.layout`.
 
 Every state change goes through :mod:`wal_bridge.durable` (temp file, fsync, rename, fsync
 directory). One lock serialises the consumer thread (append, seal) with the sealer and uploader
@@ -49,6 +39,8 @@ from wal_bridge.wal.codec import (
     encode_records,
     encode_segment_header,
 )
+from wal_bridge.wal.layout import ShippedState, WalLayout
+from wal_bridge.wal.quarantine import Quarantine, QuarantineStatus
 from wal_bridge.wal.segment import (
     OPEN,
     SEALED,
@@ -58,11 +50,7 @@ from wal_bridge.wal.segment import (
     TopicPartition,
     batch_ranges,
     merge_ranges,
-    parse_segment_name,
-    ranges_from_json,
-    ranges_to_json,
     scan,
-    segment_name,
 )
 
 log = get_logger("wal_bridge.wal")
@@ -129,15 +117,8 @@ class KeyPolicy:
         return f"{self.prefix}/{day}/{name}", f"{self.dead_letter_prefix}/{day}/{name}"
 
 
-def read_identity(wal_dir: Path) -> str | None:
-    try:
-        return str(json.loads((wal_dir / "instance.json").read_text())["instance_id"])
-    except FileNotFoundError:
-        return None
-
-
 def _ensure_identity(wal_dir: Path, wanted: str | None) -> str:
-    stored = read_identity(wal_dir)
+    stored = WalLayout(wal_dir).read_identity()
     if stored is not None:
         if wanted is not None and wanted != stored:
             raise ConfigError(
@@ -149,7 +130,7 @@ def _ensure_identity(wal_dir: Path, wanted: str | None) -> str:
         host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
         wanted = f"{host.strip('-.')[:40] or 'bridge'}-{secrets.token_hex(3)}"
     durable.write_atomic(
-        wal_dir / "instance.json",
+        WalLayout(wal_dir).identity,
         json.dumps({"instance_id": wanted, "created_ms": _now_ms()}).encode(),
     )
     return wanted
@@ -177,9 +158,8 @@ class Wal:
         self.batch_size = batch_size
         self.batch_timeout = batch_timeout
         self.failpoints = failpoints
-        self.segments_dir = root / "segments"
-        self.outbox_dir = root / "outbox"
-        self.quarantine_dir = root / "quarantine"
+        self.layout = WalLayout(root)
+        self.quarantine = Quarantine(self.layout, now_ms)
         self._lock_fd = lock_fd
         self._now_ms = now_ms
         self._monotonic = monotonic
@@ -195,7 +175,6 @@ class Wal:
         self._active_fd: int | None = None
         self._next_seq = 1
         self._shipped_next: dict[TopicPartition, int] = {}
-        self._quarantined_ranges: dict[int, Ranges] = {}
         self._last_shipped_seq = 0
         self.recovery = RecoveryReport()
         self.disk_full: str | None = None  # why the last append stopped short, if it did
@@ -218,8 +197,8 @@ class Wal:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> Wal:
         """Lock ``root``, fix the instance identity and recover whatever a crash left."""
-        for sub in ("", "segments", "outbox", "quarantine"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+        for directory in WalLayout(root).directories:
+            directory.mkdir(parents=True, exist_ok=True)
         lock_fd = acquire_lock(root)
         try:
             identity = _ensure_identity(root, instance_id)
@@ -245,20 +224,13 @@ class Wal:
         """Bring the directory to a clean state: every segment sealed, quarantined or gone."""
         started = time.monotonic()
         report = RecoveryReport()
-        for directory in (self.root, self.segments_dir, self.outbox_dir, self.quarantine_dir):
+        for directory in self.layout.directories:
             report.removed_temp += len(durable.remove_temp_files(directory))
         self._load_state()
-        max_seq = max(self._last_shipped_seq, self._load_quarantine())
-        converted = {
-            int(p.name[: -len(".parquet")]) for p in self.outbox_dir.glob("*.parquet")
-            if p.name[: -len(".parquet")].isdigit()
-        }
-        names = sorted(
-            (parsed, path)
-            for path in self.segments_dir.iterdir()
-            if (parsed := parse_segment_name(path.name)) is not None
-        )
-        for (seq, state), path in names:
+        max_seq = max(self._last_shipped_seq, self.quarantine.load())
+        converted = self.layout.converted()
+        for seq, state in self.layout.list_segments():
+            path = self.layout.segment(seq, state)
             max_seq = max(max_seq, seq)
             data = path.read_bytes()
             report.scanned_bytes += len(data)
@@ -271,17 +243,6 @@ class Wal:
         self._next_seq = max_seq + 1
         report.duration_s = time.monotonic() - started
         self.recovery = report
-
-    def _load_quarantine(self) -> int:
-        """Remember the offset ranges of quarantined segments; return their highest number."""
-        highest = 0
-        for path in self.quarantine_dir.glob("*.reason.json"):
-            seq = int(path.name.split(".")[0])
-            highest = max(highest, seq)
-            with contextlib.suppress(ValueError, KeyError):
-                info = json.loads(path.read_text())
-                self._quarantined_ranges[seq] = ranges_from_json(info.get("ranges", []))
-        return highest
 
     def _recover_segment(  # noqa: PLR0911 - one return per recovery outcome, in decision order
         self, seq: int, state: str, path: Path, data: bytes, report: RecoveryReport
@@ -323,7 +284,7 @@ class Wal:
             return segment
         if result.records == 0:
             path.unlink()
-            durable.fsync_dir(self.segments_dir)
+            durable.fsync_dir(self.layout.segments)
             report.removed_empty += 1
             return None
         self._active = segment  # what a crash left open is sealed now; appends go to a new one
@@ -339,49 +300,23 @@ class Wal:
         report.quarantined.append((seq, reason))
 
     def _load_state(self) -> None:
-        try:
-            raw = json.loads((self.root / "state.json").read_text())
-        except FileNotFoundError:
-            return
-        self._last_shipped_seq = int(raw.get("last_shipped_segment", 0))
-        self._shipped_next = {
-            (item["topic"], int(item["partition"])): int(item["next_offset"])
-            for item in raw.get("shipped", [])
-        }
+        shipped = self.layout.read_shipped()
+        self._last_shipped_seq = shipped.last_segment
+        self._shipped_next = dict(shipped.next_offsets)
 
     def _cut_tail(self, path: Path, data: bytes, result: ScanResult) -> None:
         assert result.error is not None
-        torn = path.with_name(f"{path.name.split('.')[0]}.torn")
+        torn = self.layout.torn(result.seq)
         durable.write_atomic(torn, data[result.valid_end :])
-        with open(path, "r+b") as handle:
-            handle.truncate(result.valid_end)
-            handle.flush()
-            os.fsync(handle.fileno())
+        durable.truncate(path, result.valid_end)
         log.warning(
             "segment_tail_truncated", segment=result.seq, bytes=result.size - result.valid_end,
             offset=result.valid_end, reason=result.error.reason, kept=str(torn),
         )
 
     def _quarantine(self, seq: int, path: Path, reason: str, offset: int, ranges: Ranges) -> None:
-        target = self.quarantine_dir / path.name
-        info = {
-            "segment": seq, "file": path.name, "reason": reason, "byte_offset": offset,
-            "quarantined_at_ms": self._now_ms(), "ranges": ranges_to_json(ranges),
-            "hint": "run `wal_bridge replay --quarantined` to re-fetch this range from Kafka",
-        }
-        durable.write_atomic(self.quarantine_dir / f"{seq:010d}.reason.json",
-                        json.dumps(info, indent=2).encode())
-        os.replace(path, target)
-        # Its converted files leave the outbox with it: nothing would ever ship or delete them.
-        for stale in (self.parquet_path(seq), self.dead_letter_path(seq), self.status_path(seq)):
-            if stale.exists():
-                os.replace(stale, self.quarantine_dir / stale.name)
-        durable.fsync_dir(self.quarantine_dir)
-        durable.fsync_dir(path.parent)
-        durable.fsync_dir(self.outbox_dir)
-        self._quarantined_ranges[seq] = ranges
-        log.error("segment_quarantined", segment=seq, reason=reason, offset=offset,
-                  path=str(target))
+        with self._lock:
+            self.quarantine.set_aside(seq, path, reason, offset, ranges)
 
     # ----------------------------------------------------------------------------- appending
 
@@ -450,7 +385,7 @@ class Wal:
 
     def _new_segment(self) -> Segment:
         seq = self._next_seq
-        path = self.segments_dir / segment_name(seq, OPEN)
+        path = self.layout.segment(seq, OPEN)
         created = self._now_ms()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
@@ -460,7 +395,7 @@ class Wal:
             header = encode_segment_header(seq, created)
             _write_all(fd, header)
             os.fsync(fd)
-            durable.fsync_dir(self.segments_dir)
+            durable.fsync_dir(self.layout.segments)
         except OSError as exc:
             os.close(fd)
             path.unlink(missing_ok=True)
@@ -549,10 +484,10 @@ class Wal:
         )
 
     def _rename_sealed(self, segment: Segment) -> None:
-        target = self.segments_dir / segment_name(segment.seq, SEALED)
-        os.replace(segment.path, target)
+        target = self.layout.segment(segment.seq, SEALED)
+        durable.rename(segment.path, target)
         self.failpoints.hit("after_seal_rename")
-        durable.fsync_dir(self.segments_dir)
+        durable.fsync_dir(self.layout.segments)
         with self._lock:  # sealed and durable: from now on the sealer may take it
             segment.path, segment.state, segment.first_append = target, SEALED, None
             if self._active is segment:
@@ -561,7 +496,7 @@ class Wal:
     # ----------------------------------------------------------------------------- converting
 
     def parquet_path(self, seq: int) -> Path:
-        return self.outbox_dir / f"{seq:010d}.parquet"
+        return self.layout.parquet(seq)
 
     def to_convert(self) -> list[Segment]:
         with self._lock:
@@ -569,7 +504,7 @@ class Wal:
                     if s.state == SEALED and not s.converted]
 
     def dead_letter_path(self, seq: int) -> Path:
-        return self.outbox_dir / f"{seq:010d}.dead.parquet"
+        return self.layout.dead_letters(seq)
 
     def mark_converted(self, seq: int, tmp: Path, dead_tmp: Path | None = None) -> None:
         """Publish fsynced Parquet temp files as the converted form of segment ``seq``.
@@ -579,7 +514,7 @@ class Wal:
         """
         self.failpoints.hit("after_parquet_write")
         if dead_tmp is not None:
-            os.replace(dead_tmp, self.dead_letter_path(seq))
+            durable.rename(dead_tmp, self.dead_letter_path(seq))
         durable.publish(tmp, self.parquet_path(seq))
         self.failpoints.hit("after_convert_rename")
         with self._lock:
@@ -597,7 +532,29 @@ class Wal:
         """Move a sealed segment that no longer decodes out of the pipeline, with the reason."""
         with self._lock:
             segment = self._index.pop(seq)
-            self._quarantine(seq, segment.path, reason, offset, segment.ranges)
+            self.quarantine.set_aside(seq, segment.path, reason, offset, segment.ranges)
+
+    def release_quarantined(self, seq: int, report: dict[str, Any]) -> None:
+        """Segment ``seq``, quarantined, was rebuilt into new segments that are durable: set
+        its files aside with ``report`` (kept, renamed ``*.replayed``); its offsets are now
+        held by the new segments only."""
+        with self._lock:
+            self.quarantine.release(seq, report)
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Interim, for metrics until it reads :meth:`quarantine_status`."""
+        return self.layout.quarantine
+
+    def quarantined(self) -> list[int]:
+        """The quarantined segments, by number."""
+        with self._lock:
+            return sorted(self.quarantine.ranges)
+
+    def quarantine_status(self) -> QuarantineStatus:
+        """How many segments are quarantined and their bytes: a read of memory, no I/O."""
+        with self._lock:
+            return self.quarantine.status()
 
     # ----------------------------------------------------------------------------- shipping
 
@@ -618,28 +575,23 @@ class Wal:
                     self._shipped_next[tp] = max(self._shipped_next.get(tp, 0), rng.last + 1)
                 self._last_shipped_seq = max(self._last_shipped_seq, seq)
                 state = self._state_json()
-            durable.write_atomic(self.root / "state.json", state)
+            durable.write_atomic(self.layout.state, state)
             self.failpoints.hit("after_shipped_record")
             self.parquet_path(seq).unlink(missing_ok=True)
             self.dead_letter_path(seq).unlink(missing_ok=True)
             self.status_path(seq).unlink(missing_ok=True)
             segment.path.unlink()
             self.failpoints.hit("after_delete")
-            durable.fsync_dir(self.outbox_dir)
-            durable.fsync_dir(self.segments_dir)
+            durable.fsync_dir(self.layout.outbox)
+            durable.fsync_dir(self.layout.segments)
             with self._lock:
                 del self._index[seq]
 
     def _state_json(self) -> bytes:
-        shipped = [
-            {"topic": t, "partition": p, "next_offset": n}
-            for (t, p), n in sorted(self._shipped_next.items())
-        ]
-        return json.dumps({"last_shipped_segment": self._last_shipped_seq, "shipped": shipped},
-                          indent=1).encode()
+        return ShippedState(self._last_shipped_seq, dict(self._shipped_next)).to_json()
 
     def status_path(self, seq: int) -> Path:
-        return self.outbox_dir / f"{seq:010d}.status.json"
+        return self.layout.upload_status(seq)
 
     def record_upload_failure(self, seq: int, error: str, *, permanent: bool) -> int:
         """Keep the attempt count and last error beside the Parquet file (for inspect)."""
@@ -662,7 +614,7 @@ class Wal:
         with self._lock:
             result = dict(self._shipped_next)
             every = [s.ranges for s in self._index.values()] + list(
-                self._quarantined_ranges.values()
+                self.quarantine.ranges.values()
             )
             for ranges in every:
                 for tp, rng in ranges.items():
@@ -678,7 +630,7 @@ class Wal:
         with self._lock:
             result: dict[TopicPartition, int] = {}
             every = [s.ranges for s in self._index.values()] + list(
-                self._quarantined_ranges.values()
+                self.quarantine.ranges.values()
             )
             for ranges in every:
                 for tp, rng in ranges.items():
@@ -729,7 +681,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def acquire_lock(root: Path) -> int:
     """Take the WAL directory's lock or raise WalLockedError naming the holder."""
-    path = root / "LOCK"
+    path = WalLayout(root).lock
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -747,7 +699,7 @@ def acquire_lock(root: Path) -> int:
 
 def describe_lock(root: Path) -> dict[str, Any]:
     """Whether a process holds ``root``'s lock, without taking it for long."""
-    path = root / "LOCK"
+    path = WalLayout(root).lock
     if not path.exists():
         return {"locked": False, "pid": None}
     fd = os.open(path, os.O_RDONLY)

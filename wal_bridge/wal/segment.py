@@ -7,13 +7,13 @@ A segment is named by its sequence number and state: ``0000000042.open`` while i
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from wal_bridge.wal.codec import (
     FRAME_MAGIC,
@@ -153,18 +153,25 @@ class ScanResult:
     tail_only: bool = True
 
 
+def _frames_from(data: memoryview, start: int) -> Iterator[Frame]:
+    """Every frame whose checksum holds, from ``start`` on: after a bad one, the next is looked
+    for at the next frame magic. Damage never stops it; it never raises."""
+    raw = data.obj if isinstance(data.obj, bytes) else bytes(data)
+    pos = start
+    while 0 <= pos < len(data):
+        try:
+            frame = decode_frame(data, pos)
+        except DecodeError:
+            pos = raw.find(FRAME_MAGIC, pos + 1)
+            continue
+        yield frame
+        pos = frame.end
+
+
 def _good_frame_after(data: memoryview, start: int) -> bool:
     """Is there any frame with a valid checksum starting after ``start``?"""
     raw = data.obj if isinstance(data.obj, bytes) else bytes(data)
-    pos = raw.find(FRAME_MAGIC, start + 1)
-    while pos != -1:
-        try:
-            decode_frame(data, pos)
-        except DecodeError:
-            pos = raw.find(FRAME_MAGIC, pos + 1)
-        else:
-            return True
-    return False
+    return next(_frames_from(data, raw.find(FRAME_MAGIC, start + 1)), None) is not None
 
 
 def iter_frames(data: memoryview) -> Iterator[Frame]:
@@ -220,7 +227,32 @@ def iter_batches(data: bytes) -> Iterator[pa.RecordBatch]:
         raise DecodeError(len(data), "segment has no seal frame")
 
 
-def timestamps_or_null(batch: pa.RecordBatch) -> pa.Array:
-    """The Kafka timestamps as nullable ms values (the broker's -1 means none)."""
-    ts = batch.column("_kafka_timestamp")
-    return pc.if_else(pc.less(ts, 0), pa.scalar(None, pa.int64()), ts)
+@dataclass
+class Salvaged:
+    """What a damaged segment still holds: every records frame whose checksum (and Arrow
+    content) holds, and its seal, when the seal frame survived."""
+
+    batches: list[pa.RecordBatch] = field(default_factory=list)
+    seal: SealInfo | None = None
+
+
+def salvage(data: bytes) -> Salvaged:
+    """Every good frame of a damaged segment, before and after the damage (for replay).
+
+    A damaged segment header is skipped too: frames are then looked for from the first byte.
+    """
+    view = memoryview(data)
+    try:
+        decode_segment_header(view)
+        start = SEGMENT_HEADER_SIZE
+    except DecodeError:
+        start = 0
+    found = Salvaged()
+    for frame in _frames_from(view, start):
+        if frame.kind is FrameKind.RECORDS:
+            with contextlib.suppress(DecodeError):
+                found.batches.append(decode_records(frame))
+        else:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                found.seal = SealInfo.from_json(frame.body)
+    return found
