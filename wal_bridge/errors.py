@@ -62,3 +62,21 @@ class ObjectConflictError(SinkError):
             transient=False,
         )
 
+
+
+class ObjectNotFoundError(SinkError):
+    """The destination exists but holds no object with this key (permanent: reading again will
+    not make it appear)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message, transient=False)
+
+
+class DestinationNotFoundError(SinkError):
+    """The destination itself is missing: no such bucket, or no such directory for a ``file://``
+    destination. Needs an operator (create it, or fix DESTINATION)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=False)
+

@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from wal_bridge.cli import main
-from wal_bridge.commands.audit import Coverage, Piece, audit, coverages, sweep
-from wal_bridge.config import load_settings
+from wal_bridge.commands.audit import FOOTER_TAIL, Coverage, Piece, audit, coverages, sweep
+from wal_bridge.config import Destination, load_settings
 from wal_bridge.sink.local import LocalSink
 
 
 def write_file(root: Path, key: str, segment: int, rows: dict[int, list[int]],
-               topic: str = "events") -> None:
+               topic: str = "events", padding: int = 0) -> None:
     """A Parquet file with the bridge's footer keys for ``rows`` (partition -> offsets)."""
     partitions = [p for p, offsets in rows.items() for _ in offsets]
     offsets = [o for offs in rows.values() for o in offs]
@@ -26,7 +26,8 @@ def write_file(root: Path, key: str, segment: int, rows: dict[int, list[int]],
                       "_offset": offsets})
     table = table.replace_schema_metadata({
         "wal_bridge.ranges": json.dumps(ranges), "wal_bridge.records": str(len(offsets)),
-        "wal_bridge.segment": str(segment), "wal_bridge.instance": "bridge-a"})
+        "wal_bridge.segment": str(segment), "wal_bridge.instance": "bridge-a",
+        "padding": "x" * padding})
     path = root / key
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
@@ -86,6 +87,43 @@ def test_audit_reads_footers_of_a_local_destination(tmp_path: Path) -> None:
     assert rows[1]["landed"] == [[0, 49]]
     assert report["foreign_objects"] == ["raw/dt=2026-01-02/notes.parquet"]
     assert report["totals"]["objects"] == 4
+
+
+class TailOnlySink(LocalSink):
+    """The local sink, recording every ranged read and refusing whole-object reads."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(Destination("file", str(root), "raw"))
+        self.ranges: list[tuple[str, int, int]] = []
+
+    def read(self, key: str) -> bytes:
+        raise AssertionError(f"audit downloaded the whole of {key}")
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        self.ranges.append((key, start, length))
+        return super().read_range(key, start, length)
+
+
+def test_audit_reads_only_the_tail_of_each_file(tmp_path: Path) -> None:
+    """One ranged read of the last 64 KiB per file, a second one only for a larger footer."""
+    write_file(tmp_path, "raw/dt=2026-01-01/a.parquet", 1, {0: list(range(0, 100))})
+    write_file(tmp_path, "raw/dt=2026-01-01/b.parquet", 2, {0: list(range(100, 200))},
+               padding=2 * FOOTER_TAIL)  # a footer larger than the first read
+    sink = TailOnlySink(tmp_path)
+    settings = load_settings({"DESTINATION": f"file://{tmp_path}"})
+
+    report = audit(settings, sink, None, kafka=False)
+
+    assert report["ok"] is True
+    assert report["partitions"][0]["landed"] == [[0, 199]]
+    sizes = {key: (tmp_path / key).stat().st_size for key, _, _ in sink.ranges}
+    assert [(key, length) for key, _, length in sink.ranges] == [
+        ("raw/dt=2026-01-01/a.parquet", sizes["raw/dt=2026-01-01/a.parquet"]),
+        ("raw/dt=2026-01-01/b.parquet", FOOTER_TAIL),
+        ("raw/dt=2026-01-01/b.parquet", sink.ranges[2][2]),
+    ]
+    assert FOOTER_TAIL < sink.ranges[2][2] < sizes["raw/dt=2026-01-01/b.parquet"]
+    assert all(start + length == sizes[key] for key, start, length in sink.ranges)
 
 
 def test_audit_exits_1_on_a_gap_and_a_duplicate(tmp_path: Path) -> None:

@@ -45,7 +45,6 @@ from wal_bridge.commands.common import (
     table,
 )
 from wal_bridge.config import Settings
-from wal_bridge.errors import SinkError
 from wal_bridge.sink import ObjectInfo, Sink, open_sink
 
 FOOTER_TAIL = 64 * 1024  # one ranged read fetches the whole footer of nearly every file
@@ -85,22 +84,9 @@ class Coverage:
 
 
 def _tail(sink: Sink, obj: ObjectInfo, length: int) -> bytes:
-    """The last ``length`` bytes of an object, without downloading the whole of it."""
-    from wal_bridge.sink.gcs import GcsSink, classify
-    from wal_bridge.sink.local import LocalSink
-
+    """The last ``length`` bytes of an object (one ranged read, not the whole object)."""
     start = max(0, obj.size - length)
-    if isinstance(sink, LocalSink):
-        with open(sink.root / obj.key, "rb") as handle:
-            handle.seek(start)
-            return handle.read()
-    if isinstance(sink, GcsSink):
-        blob = sink.client.bucket(sink.destination.bucket).blob(obj.key)
-        try:
-            return bytes(blob.download_as_bytes(start=start, end=obj.size - 1))
-        except Exception as exc:
-            raise classify(exc, f"reading gs://{sink.destination.bucket}/{obj.key}") from exc
-    return sink.read(obj.key)[start:]
+    return sink.read_range(obj.key, start, obj.size - start)
 
 
 def read_footer(sink: Sink, obj: ObjectInfo) -> dict[bytes, bytes] | None:
@@ -338,11 +324,8 @@ def audit_command(no_kafka: bool, as_json: bool, **values: Any) -> None:
     """
     settings = build_settings(values)
     topics = set(settings.topics) if given(values, "topics") else None
-    try:
-        sink = open_sink(settings)
-        report = audit(settings, sink, topics, kafka=not no_kafka, group_id=settings.group_id)
-    except FileNotFoundError as exc:
-        raise SinkError(f"cannot read the destination: {exc}", transient=False) from exc
+    sink = open_sink(settings)
+    report = audit(settings, sink, topics, kafka=not no_kafka, group_id=settings.group_id)
     if as_json:
         echo_json(report)
     else:

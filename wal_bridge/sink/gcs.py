@@ -1,7 +1,15 @@
 """Google Cloud Storage through google-cloud-storage: create-only uploads, errors classified.
 
-The library's own retries are off (``retry=None``): :mod:`wal_bridge.uploader` owns the policy,
-so that every failure is seen, logged and counted once. ``STORAGE_EMULATOR_HOST`` points the
+Uploads, the start-up check and the probes run with the library's retries off (``retry=None``):
+:mod:`wal_bridge.uploader` owns the policy, so that every failure is seen, logged and counted
+once. Listings and reads, which only operator commands (``audit``, ``query``, ``schema``) and the
+schema store use, keep the library's default retry of idempotent requests.
+
+Not found: the JSON API answers 404 with the reason ``notFound`` both for a missing bucket and
+for a missing object (https://cloud.google.com/storage/docs/json_api/v1/status-codes), and
+fake-gcs-server says only "Not Found" for both. A 404 of a listing or an upload can only mean the
+bucket; a 404 of a read is told apart by listing one object of the bucket (the only permission
+the bridge has besides the objects': ``storage.objects.list``). ``STORAGE_EMULATOR_HOST`` points the
 client at an emulator with anonymous credentials; otherwise :func:`load_credentials` finds them
 the way Application Default Credentials do. This is the one place a storage client is built:
 ``run``, ``replay``, ``audit``, ``query`` and the demo all reach it through
@@ -22,8 +30,14 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import storage
 
 from wal_bridge.config import SPECS_BY_NAME, Destination
-from wal_bridge.errors import ConfigError, ObjectConflictError, SinkError
-from wal_bridge.sink import ObjectInfo, PutResult, file_crc32c
+from wal_bridge.errors import (
+    ConfigError,
+    DestinationNotFoundError,
+    ObjectConflictError,
+    ObjectNotFoundError,
+    SinkError,
+)
+from wal_bridge.sink import ObjectInfo, PutResult, check_range, file_crc32c
 
 TIMEOUT = (10.0, 120.0)  # (connect, read) seconds per request
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -31,6 +45,7 @@ PARQUET_TYPE = "application/vnd.apache.parquet"
 
 
 def _status(exc: BaseException) -> int | None:
+    """The HTTP status of a google-api-core or google-resumable-media error, or None."""
     code = getattr(exc, "code", None)
     if isinstance(code, int):
         return code
@@ -40,7 +55,15 @@ def _status(exc: BaseException) -> int | None:
 
 
 def classify(exc: BaseException, what: str) -> SinkError:
-    """Wrap a client-library exception in a SinkError that says whether to try again."""
+    """Wrap a client-library exception in a SinkError that says whether to try again.
+
+    :data:`TRANSIENT_STATUS` (408, 429, 500, 502, 503, 504) and errors without a status
+    (connection refused or reset, timeouts, TLS, torn transfers) are transient; other statuses
+    and refused or missing credentials are permanent. A 404 becomes
+    :class:`~wal_bridge.errors.DestinationNotFoundError`, so call this for a 404 only where it
+    can mean nothing but the bucket: a listing or an upload (a read's 404 is told apart first,
+    in :meth:`GcsSink._download`). ``what`` starts the message (``"uploading gs://b/k"``).
+    """
     status = _status(exc)
     if isinstance(exc, auth_exc.RefreshError) and not getattr(exc, "retryable", False):
         return SinkError(f"{what}: credentials were refused ({exc}); check "
@@ -51,11 +74,14 @@ def classify(exc: BaseException, what: str) -> SinkError:
     if status is not None:
         if status in TRANSIENT_STATUS:
             return SinkError(f"{what}: HTTP {status} ({_short(exc)})", transient=True)
+        if status == 404:
+            return DestinationNotFoundError(
+                f"{what}: HTTP 404: the bucket does not exist: create it (terraform apply) or "
+                f"fix DESTINATION ({_short(exc)})")
         hint = {
             401: "the credentials are not valid",
             403: "the service account lacks permission on the bucket "
                  "(roles/storage.objectAdmin)",
-            404: "the bucket does not exist: create it (terraform apply) or fix DESTINATION",
         }.get(status, "the request was refused")
         return SinkError(f"{what}: HTTP {status}: {hint} ({_short(exc)})", transient=False)
     # Connection refused or reset, timeouts, TLS errors, torn responses, checksum mismatches of
@@ -172,29 +198,37 @@ class GcsSink:
     def _bucket(self) -> Any:
         return self.client.bucket(self.destination.bucket)
 
-    def check(self) -> None:
-        """List one object: needs only storage.objects.list, which objectAdmin grants."""
-        what = f"checking gs://{self.destination.bucket}"
+    def _url(self, key: str) -> str:
+        return f"gs://{self.destination.bucket}/{key}"
+
+    def _list_one(self, what: str, prefix: str | None = None) -> None:
+        """List at most one object: the bucket answers, or a SinkError saying why not (a
+        DestinationNotFoundError when it does not exist). Needs only storage.objects.list."""
         client = self.client  # outside the try: a credentials ConfigError is not a GCS failure
         try:
-            blobs = client.list_blobs(self.destination.bucket, max_results=1,
-                                      prefix=self.destination.prefix, timeout=TIMEOUT,
-                                      retry=None)
-            list(blobs)
+            list(client.list_blobs(self.destination.bucket, max_results=1, prefix=prefix,
+                                   timeout=TIMEOUT, retry=None))
         except SinkError:
             raise
         except Exception as exc:
             raise classify(exc, what) from exc
 
+    def check(self) -> None:
+        """List one object of the prefix: needs only storage.objects.list, which objectAdmin
+        grants. Raises SinkError (DestinationNotFoundError for a missing bucket)."""
+        self._list_one(f"checking gs://{self.destination.bucket}", self.destination.prefix)
+
     def put(self, key: str, path: Path) -> PutResult:
+        """One create-only upload (``if_generation_match=0``) with a CRC32C check of the
+        transfer; on 412, compare with the object there. See :meth:`wal_bridge.sink.Sink.put`."""
         blob = self._bucket().blob(key)
-        what = f"uploading gs://{self.destination.bucket}/{key}"
+        what = f"uploading {self._url(key)}"
         try:
             blob.upload_from_filename(
                 str(path), content_type=PARQUET_TYPE, if_generation_match=0,
                 checksum="crc32c", retry=None, timeout=TIMEOUT,
             )
-        except gexc.PreconditionFailed:
+        except gexc.PreconditionFailed:  # if_generation_match=0: the key exists
             return self._compare_existing(blob, key, path)
         except SinkError:
             raise
@@ -205,27 +239,53 @@ class GcsSink:
         return PutResult.CREATED
 
     def _compare_existing(self, blob: Any, key: str, path: Path) -> PutResult:
+        what = f"reading {self._url(key)}"
         try:
             blob.reload(timeout=TIMEOUT, retry=None)
         except Exception as exc:
-            raise classify(exc, f"reading gs://{self.destination.bucket}/{key}") from exc
+            if _status(exc) == 404:  # there at the upload, gone now: the next attempt creates it
+                raise SinkError(f"{what}: it was deleted after the upload found it there",
+                                transient=True) from exc
+            raise classify(exc, what) from exc
         local = file_crc32c(path)
         if blob.crc32c != local:
             raise ObjectConflictError(key, local, blob.crc32c)
         return PutResult.ALREADY_PRESENT
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix``, in key order (GCS lists lexicographically), paged."""
         client = self.client
         try:
             for blob in client.list_blobs(self.destination.bucket, prefix=prefix,
                                           timeout=TIMEOUT):
                 yield ObjectInfo(blob.name, int(blob.size or 0))
         except Exception as exc:
-            raise classify(exc, f"listing gs://{self.destination.bucket}/{prefix}") from exc
+            raise classify(exc, f"listing {self._url(prefix)}") from exc
 
     def read(self, key: str) -> bytes:
+        """The whole object, its CRC32C checked by the library."""
+        return self._download(key)
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``start`` in one ranged GET (``Range: bytes=a-b``); a
+        start at or past the end (HTTP 416) is ``b""``. See :meth:`wal_bridge.sink.Sink.read_range`.
+        """
+        check_range(start, length)
+        # A zero-length range cannot be asked for; ask for one byte so that a missing object
+        # still says so, and return none of it.
+        data = self._download(key, start, start + max(length, 1) - 1)
+        return data[:length]
+
+    def _download(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         blob = self._bucket().blob(key)
+        what = f"reading {self._url(key)}"
         try:
-            return bytes(blob.download_as_bytes(timeout=TIMEOUT))
+            return bytes(blob.download_as_bytes(start=start, end=end, timeout=TIMEOUT))
         except Exception as exc:
-            raise classify(exc, f"reading gs://{self.destination.bucket}/{key}") from exc
+            status = _status(exc)
+            if status == 416 and start is not None:
+                return b""
+            if status == 404:
+                self._list_one(what)  # a missing bucket raises here
+                raise ObjectNotFoundError(key, f"{what}: no such object") from exc
+            raise classify(exc, what) from exc
