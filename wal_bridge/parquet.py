@@ -350,6 +350,29 @@ class _Parsed:
                        self.names, frags)
 
 
+class _KeyHint:
+    """The unknown keys of the last segment converted, for the next one to expect.
+
+    A producer that added a field keeps sending it, so the next segment's main query reads
+    those keys at once instead of asking again. It is a hint, shared by the conversion threads
+    under a lock: each convert call reads it once and writes it once; it decides only which
+    keys the first query reads, never what lands (the keys it misses are read by one more
+    query), so threads converting at once may race on it without changing any file.
+    """
+
+    def __init__(self) -> None:
+        self._keys: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple[str, ...]:
+        with self._lock:
+            return self._keys
+
+    def put(self, keys: tuple[str, ...]) -> None:
+        with self._lock:
+            self._keys = keys
+
+
 # ----------------------------------------------------------------------------- the converter
 
 
@@ -415,10 +438,7 @@ class Converter:
         self._max = pa.scalar(max_record_bytes, pa.int32() if max_record_bytes < 2**31
                               else pa.int64())
         self._duck = _Duck(threads)
-        # Unknown keys of the last segment: the next one likely has them too (a producer that
-        # added a field keeps sending it), so the main query reads them at once. Only where
-        # values are read from changes with it, never what lands.
-        self._expected: tuple[str, ...] = ()
+        self._hint = _KeyHint()
 
     @classmethod
     def open(cls, max_record_bytes: int, wal_dir: Path, schema_file: Path | None = None,
@@ -459,8 +479,10 @@ class Converter:
                  rejects: _Rejects) -> tuple[dict[str, pa.Array], pa.Array, int]:
         """Stages 2 and 3 for any segment: the payload columns with ``_extra``, the rows they
         belong to, and how many values did not fit their column."""
-        parsed = self._parse(rows, text, (*schema.names, *self._expected), rejects)
-        payload, failed = self._columns(schema, parsed)
+        expected = self._hint.get()  # read once: this call's own copy
+        parsed = self._parse(rows, text, (*schema.names, *expected), rejects)
+        payload, failed, unknown = self._columns(schema, parsed)
+        self._hint.put(unknown)
         drop = self._standard(schema, parsed, payload, rejects)
         rows = parsed.rows
         if drop is not None:  # rows rejected on the way: repeated keys, NaN
@@ -590,10 +612,10 @@ class Converter:
 
     # -- stage 3: typed columns and _extra, in Arrow --------------------------------------
 
-    def _columns(self, schema: PayloadSchema,
-                 parsed: _Parsed) -> tuple[dict[str, pa.Array], list[pa.Array]]:
-        """The payload columns and ``_extra``; and per field that had any, where its value did
-        not fit (and went to ``_extra``)."""
+    def _columns(self, schema: PayloadSchema, parsed: _Parsed
+                 ) -> tuple[dict[str, pa.Array], list[pa.Array], tuple[str, ...]]:
+        """The payload columns and ``_extra``; per field that had any, where its value did
+        not fit (and went to ``_extra``); and the unknown keys a next segment may expect."""
         n = len(parsed.rows)
         columns: dict[str, pa.Array] = {}
         parts: list[pa.Array] = []  # pieces of _extra: '"name":value' or the unknown keys
@@ -608,35 +630,37 @@ class Converter:
                 label = pa.scalar(json.dumps(f.name) + ":", pa.string())
                 parts.append(pc.if_else(failed, pc.binary_join_element_wise(label, frags, _EMPTY),
                                         _NO_TEXT))
-        unknown = self._unknown(schema, parsed)
+        unknown, expect = self._unknown(schema, parsed)
         if unknown is not None:
             parts.insert(0, unknown)
         joined = _join_pieces(parts, n)
         columns[EXTRA_COLUMN] = pc.binary_join_element_wise(_OPEN, joined, _CLOSE, _EMPTY)
-        return columns, failures
+        return columns, failures, expect
 
-    def _unknown(self, schema: PayloadSchema, parsed: _Parsed) -> pa.Array | None:
-        """The ``_extra`` piece of keys without a column, per row ("k":v,...), or None.
+    def _unknown(self, schema: PayloadSchema,
+                 parsed: _Parsed) -> tuple[pa.Array | None, tuple[str, ...]]:
+        """The ``_extra`` piece of keys without a column, per row ("k":v,...), or None; and
+        those keys when they can be read like the schema's fields (else ``()``).
 
-        Their values are read like the schema's fields, from the main query when the last
-        segment had the same keys, else from one more query over the rows that have them; keys
-        come in the order the segment first shows them. Keys DuckDB cannot hold as struct
-        fields fall back to a merge patch of the whole object.
+        Their values are read like the schema's fields: from the main query for the keys it
+        was asked for (``parsed.names``), from one more query over the rows that have them for
+        the rest; keys come in the order the segment first shows them. Keys DuckDB cannot hold
+        as struct fields fall back to a merge patch of the whole object.
         """
         n = len(parsed.rows)
         known = set(schema.names)
         per_shape = [[k for k in keys if k not in known] for keys in parsed.shapes.keys]
         union = list(dict.fromkeys(k for keys in per_shape for k in keys))
-        self._expected = tuple(union) if _extractable(union, schema.names) else ()
+        extractable = tuple(union) if _extractable(union, schema.names) else ()
         if not union:
-            return None
+            return None, extractable
         has = pa.array([bool(keys) for keys in per_shape], pa.bool_()).take(parsed.shapes.ids)
         src = pa.table({"i": parsed.rows.filter(has), "v": parsed.text.filter(has)})
-        if not self._expected:
+        if not extractable:
             merged = self._duck.query(extra_query(schema.fields), src).column("m")
             inner = pc.utf8_slice_codeunits(merged.combine_chunks().cast(pa.string()), 1, -1)
             inner = pc.if_else(pc.equal(inner, _EMPTY), _NO_TEXT, inner)
-            return pc.replace_with_mask(pa.nulls(n, pa.string()), has, inner)
+            return pc.replace_with_mask(pa.nulls(n, pa.string()), has, inner), extractable
         values: dict[str, pa.Array] = {k: parsed.fragment(k) for k in union if k in parsed.names}
         missing = [k for k in union if k not in values]
         if missing:
@@ -651,7 +675,7 @@ class Converter:
             text = pc.binary_join_element_wise(label, pc.coalesce(values[key], _NULL_JSON),
                                                _EMPTY)
             pieces.append(pc.if_else(present.take(parsed.shapes.ids), text, _NO_TEXT))
-        return _join_pieces(pieces, n)
+        return _join_pieces(pieces, n), extractable
 
     @staticmethod
     def _standard(schema: PayloadSchema, parsed: _Parsed, columns: dict[str, pa.Array],
