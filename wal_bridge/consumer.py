@@ -9,8 +9,9 @@ in WAL_DIR), so an instance restarted after ``kill -9`` gets its partitions back
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
@@ -18,7 +19,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from wal_bridge.config import Settings
 from wal_bridge.errors import WalBridgeError
 from wal_bridge.logs import RateLimited, get_logger
-from wal_bridge.metrics import Metrics, high_watermarks_from_stats
+from wal_bridge.metrics import Metrics
 from wal_bridge.wal.codec import RecordColumns
 from wal_bridge.wal.log import Wal
 
@@ -56,6 +57,58 @@ def consumer_config(settings: Settings, instance_id: str) -> dict[str, Any]:
         # (106,000 records/s in the benchmark's consume-only loop, 400,000+ with 10 ms).
         "fetch.queue.backoff.ms": 10,
     }
+
+
+def high_watermarks_from_stats(raw: str, assigned: Iterable[TP]) -> dict[TP, int]:
+    """Per assigned partition, the end of what a consumer can read, from librdkafka statistics.
+
+    ``raw`` is the JSON document of librdkafka's ``stats_cb`` (STATISTICS.md in librdkafka's
+    source: ``topics.<name>.partitions.<id>``). The end is the last stable offset
+    (``ls_offset``: the consumer reads committed transactions only), or the high watermark
+    (``hi_offset``) when the broker did not report one. Partitions not in ``assigned``, the
+    internal partition -1 and negative offsets (unknown yet) are left out; a document that is
+    not JSON gives ``{}``.
+    """
+    wanted = set(assigned)
+    try:
+        stats = json.loads(raw)
+    except ValueError:
+        return {}
+    result: dict[TP, int] = {}
+    for topic, info in (stats.get("topics") or {}).items():
+        for key, part in (info.get("partitions") or {}).items():
+            partition = int(key)
+            if partition < 0 or (topic, partition) not in wanted:
+                continue  # -1 is librdkafka's internal "unassigned" partition
+            end = int(part.get("ls_offset", -1))
+            if end < 0:
+                end = int(part.get("hi_offset", -1))
+            if end >= 0:
+                result[(topic, partition)] = end
+    return result
+
+
+def lag_of(positions: Mapping[TP, int], ends: Mapping[TP, int]) -> dict[TP, int]:
+    """Records in Kafka past what the WAL holds, per partition known to both mappings.
+
+    ``positions``: the next offset after the last durable record; ``ends``: from
+    :func:`high_watermarks_from_stats`. Never negative: statistics a few seconds old can trail
+    the position.
+    """
+    return {tp: max(0, end - positions[tp]) for tp, end in sorted(ends.items())
+            if tp in positions}
+
+
+def should_pause(wal_bytes: int, cap: int, *, paused: bool) -> bool:
+    """Whether consuming should be paused for the WAL's size (backpressure, with hysteresis).
+
+    Pause when the WAL holds more than ``cap`` bytes (WAL_MAX_BYTES); once paused, stay paused
+    until it is back under RESUME_FRACTION of the cap, so that one shipped segment does not
+    flip the consumer on and off.
+    """
+    if wal_bytes > cap:
+        return True
+    return paused and wal_bytes > cap * RESUME_FRACTION
 
 
 def columns_of(messages: Sequence[Any]) -> RecordColumns:
@@ -287,9 +340,10 @@ class BridgeConsumer:
         cap = self.settings.wal_max_bytes
         if self._pending is not None:
             return  # paused for a full disk; resumes once the pending batch is durable
-        if size > cap:
-            self._pause(f"WAL holds {size} bytes, over WAL_MAX_BYTES={cap}")
-        elif self._paused and size <= cap * RESUME_FRACTION:
+        if should_pause(size, cap, paused=self._paused):
+            if size > cap:
+                self._pause(f"WAL holds {size} bytes, over WAL_MAX_BYTES={cap}")
+        elif self._paused:
             self._resume()
 
     def _pause(self, reason: str) -> None:
@@ -317,7 +371,13 @@ class BridgeConsumer:
         return self._paused
 
     def positions(self) -> dict[TP, int]:
+        """Per assigned partition, the next offset after the last durable record."""
         return dict(self._appended)
+
+    def lag(self) -> dict[TP, int]:
+        """Per assigned partition, records in Kafka past what the WAL holds (see
+        :func:`lag_of`); empty until the client's first statistics arrive."""
+        return lag_of(self.positions(), self.high_watermarks)
 
     # ----------------------------------------------------------------------------- errors
 
