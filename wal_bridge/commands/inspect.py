@@ -13,7 +13,6 @@ failed permanently), and ``quarantined`` (damaged, set aside; see ``wal_bridge r
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from wal_bridge.config import Settings, load_settings
 from wal_bridge.errors import ConfigError
 from wal_bridge.wal.codec import SEGMENT_HEADER_SIZE, DecodeError
 from wal_bridge.wal.layout import WalLayout, read_json
-from wal_bridge.wal.log import describe_lock
+from wal_bridge.wal.lock import lock_holder
 from wal_bridge.wal.segment import (
     OPEN,
     SEALED,
@@ -46,65 +45,6 @@ from wal_bridge.wal.segment import (
 )
 
 STATES = ("open", "sealed", "converted", "quarantined")
-
-
-# ------------------------------------------------------------------------------- the lock
-
-
-def lock_holder(root: Path) -> dict[str, Any]:
-    """Who holds ``root``'s lock, found without taking it.
-
-    On Linux the kernel lists every flock in ``/proc/locks`` by inode; failing that, the pid
-    written in LOCK is checked for an open descriptor on the file. Elsewhere, fall back to
-    :func:`describe_lock` (which takes a shared lock for an instant).
-    """
-    path = WalLayout(root).lock
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return {"locked": False, "pid": None}
-    try:
-        table_text = Path("/proc/locks").read_text()
-    except OSError:
-        return describe_lock(root)
-    matches: list[tuple[bool, int]] = []
-    for line in table_text.splitlines():
-        parts = line.split()
-        if len(parts) < 6 or parts[1] == "->" or parts[1] != "FLOCK":
-            continue
-        dev_major, dev_minor, inode = parts[5].split(":")
-        if int(inode) != st.st_ino:
-            continue
-        same_dev = (int(dev_major, 16), int(dev_minor, 16)) == (os.major(st.st_dev),
-                                                                 os.minor(st.st_dev))
-        matches.append((same_dev, int(parts[4])))
-    if matches:
-        matches.sort(reverse=True)
-        return {"locked": True, "pid": matches[0][1] or _pid_in_file(path)}
-    pid = _pid_in_file(path)
-    if pid is not None and _has_open(pid, path):
-        return {"locked": True, "pid": pid}
-    return {"locked": False, "pid": None}
-
-
-def _pid_in_file(path: Path) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        return int(path.read_text().strip())
-    return None
-
-
-def _has_open(pid: int, path: Path) -> bool:
-    """Does process ``pid`` have ``path`` open (it holds the lock while it does)?"""
-    target = path.resolve()
-    try:
-        fds = list(Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return False
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            if Path(os.readlink(fd)) == target:
-                return True
-    return False
 
 
 # ------------------------------------------------------------------------------- reading

@@ -50,11 +50,12 @@ from wal_bridge.commands.common import (
     settings_options,
     show_runs,
 )
-from wal_bridge.commands.inspect import inspect_wal, lock_holder
+from wal_bridge.commands.inspect import inspect_wal
 from wal_bridge.config import Settings
 from wal_bridge.errors import SinkError, WalBridgeError, WalLockedError
 from wal_bridge.wal.codec import BATCH_SCHEMA
 from wal_bridge.wal.layout import REPLAYED_SUFFIX, WalLayout
+from wal_bridge.wal.lock import lock_holder
 from wal_bridge.wal.segment import (
     Range,
     Ranges,

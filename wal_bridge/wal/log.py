@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
-import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from wal_bridge import durable
-from wal_bridge.errors import ConfigError, WalBridgeError, WalLockedError
+from wal_bridge.errors import WalBridgeError
 from wal_bridge.failpoints import DISARMED, Failpoints
 from wal_bridge.logs import get_logger
 from wal_bridge.wal.codec import (
@@ -40,6 +37,7 @@ from wal_bridge.wal.codec import (
     encode_segment_header,
 )
 from wal_bridge.wal.layout import ShippedState, WalLayout
+from wal_bridge.wal.lock import WalLock, ensure_identity
 from wal_bridge.wal.quarantine import Quarantine, QuarantineStatus
 from wal_bridge.wal.segment import (
     OPEN,
@@ -117,25 +115,6 @@ class KeyPolicy:
         return f"{self.prefix}/{day}/{name}", f"{self.dead_letter_prefix}/{day}/{name}"
 
 
-def _ensure_identity(wal_dir: Path, wanted: str | None) -> str:
-    stored = WalLayout(wal_dir).read_identity()
-    if stored is not None:
-        if wanted is not None and wanted != stored:
-            raise ConfigError(
-                f"INSTANCE_ID={wanted!r} but {wal_dir} belongs to instance {stored!r}: "
-                "unset INSTANCE_ID or point WAL_DIR at that instance's own directory"
-            )
-        return stored
-    if wanted is None:
-        host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
-        wanted = f"{host.strip('-.')[:40] or 'bridge'}-{secrets.token_hex(3)}"
-    durable.write_atomic(
-        WalLayout(wal_dir).identity,
-        json.dumps({"instance_id": wanted, "created_ms": _now_ms()}).encode(),
-    )
-    return wanted
-
-
 class Wal:
     """An open, locked WAL directory. Create with :meth:`open`; close with :meth:`close`."""
 
@@ -148,7 +127,7 @@ class Wal:
         batch_size: int,
         batch_timeout: float,
         failpoints: Failpoints,
-        lock_fd: int,
+        lock: WalLock,
         now_ms: Callable[[], int],
         monotonic: Callable[[], float],
     ) -> None:
@@ -160,7 +139,7 @@ class Wal:
         self.failpoints = failpoints
         self.layout = WalLayout(root)
         self.quarantine = Quarantine(self.layout, now_ms)
-        self._lock_fd = lock_fd
+        self._dir_lock = lock
         self._now_ms = now_ms
         self._monotonic = monotonic
         # Two locks, always taken in this order: ``_append_lock`` for the active segment (its
@@ -199,15 +178,15 @@ class Wal:
         """Lock ``root``, fix the instance identity and recover whatever a crash left."""
         for directory in WalLayout(root).directories:
             directory.mkdir(parents=True, exist_ok=True)
-        lock_fd = acquire_lock(root)
+        lock = WalLock.acquire(root)
         try:
-            identity = _ensure_identity(root, instance_id)
+            identity = ensure_identity(root, instance_id)
             wal = cls(root=root, instance_id=identity, keys=keys, batch_size=batch_size,
-                      batch_timeout=batch_timeout, failpoints=failpoints, lock_fd=lock_fd,
+                      batch_timeout=batch_timeout, failpoints=failpoints, lock=lock,
                       now_ms=now_ms, monotonic=monotonic)
             wal._recover()
         except BaseException:
-            os.close(lock_fd)
+            lock.release()
             raise
         return wal
 
@@ -216,9 +195,7 @@ class Wal:
             if self._active_fd is not None:
                 os.close(self._active_fd)
                 self._active_fd = None
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)
-                self._lock_fd = -1
+            self._dir_lock.release()
 
     def _recover(self) -> None:
         """Bring the directory to a clean state: every segment sealed, quarantined or gone."""
@@ -677,39 +654,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def acquire_lock(root: Path) -> int:
-    """Take the WAL directory's lock or raise WalLockedError naming the holder."""
-    path = WalLayout(root).lock
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise WalLockedError(
-            f"WAL directory {root} is in use by pid {holder}: stop that bridge first, or give "
-            "this one its own WAL_DIR"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
-
-
-def describe_lock(root: Path) -> dict[str, Any]:
-    """Whether a process holds ``root``'s lock, without taking it for long."""
-    path = WalLayout(root).lock
-    if not path.exists():
-        return {"locked": False, "pid": None}
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            return {"locked": True, "pid": int(pid) if pid.isdigit() else None}
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return {"locked": False, "pid": None}
-    finally:
-        os.close(fd)
