@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import threading
 import time
@@ -36,8 +35,9 @@ from wal_bridge.wal.codec import (
     encode_records,
     encode_segment_header,
 )
-from wal_bridge.wal.layout import ShippedState, WalLayout
+from wal_bridge.wal.layout import WalLayout
 from wal_bridge.wal.lock import WalLock, ensure_identity
+from wal_bridge.wal.outbox import Outbox
 from wal_bridge.wal.quarantine import Quarantine, QuarantineStatus
 from wal_bridge.wal.segment import (
     OPEN,
@@ -139,6 +139,7 @@ class Wal:
         self.failpoints = failpoints
         self.layout = WalLayout(root)
         self.quarantine = Quarantine(self.layout, now_ms)
+        self.outbox = Outbox(self.layout, failpoints, now_ms)
         self._dir_lock = lock
         self._now_ms = now_ms
         self._monotonic = monotonic
@@ -153,8 +154,6 @@ class Wal:
         self._active: Segment | None = None
         self._active_fd: int | None = None
         self._next_seq = 1
-        self._shipped_next: dict[TopicPartition, int] = {}
-        self._last_shipped_seq = 0
         self.recovery = RecoveryReport()
         self.disk_full: str | None = None  # why the last append stopped short, if it did
         # Per partition, the offset ranges the last append made durable (what may be committed).
@@ -203,8 +202,7 @@ class Wal:
         report = RecoveryReport()
         for directory in self.layout.directories:
             report.removed_temp += len(durable.remove_temp_files(directory))
-        self._load_state()
-        max_seq = max(self._last_shipped_seq, self.quarantine.load())
+        max_seq = max(self.outbox.load(), self.quarantine.load())
         converted = self.layout.converted()
         for seq, state in self.layout.list_segments():
             path = self.layout.segment(seq, state)
@@ -215,7 +213,7 @@ class Wal:
             if segment is not None:
                 segment.converted = seq in converted
                 if segment.converted:
-                    segment.parquet_bytes = self._outbox_bytes(seq)
+                    segment.parquet_bytes = self.outbox.bytes(seq)
                 self._index[seq] = segment
         self._next_seq = max_seq + 1
         report.duration_s = time.monotonic() - started
@@ -275,11 +273,6 @@ class Wal:
     ) -> None:
         self._quarantine(seq, path, reason, offset, ranges)
         report.quarantined.append((seq, reason))
-
-    def _load_state(self) -> None:
-        shipped = self.layout.read_shipped()
-        self._last_shipped_seq = shipped.last_segment
-        self._shipped_next = dict(shipped.next_offsets)
 
     def _cut_tail(self, path: Path, data: bytes, result: ScanResult) -> None:
         assert result.error is not None
@@ -484,26 +477,13 @@ class Wal:
         return self.layout.dead_letters(seq)
 
     def mark_converted(self, seq: int, tmp: Path, dead_tmp: Path | None = None) -> None:
-        """Publish fsynced Parquet temp files as the converted form of segment ``seq``.
-
-        The dead-letter file goes first: the data file's presence is what marks the segment
-        converted, so a crash in between leaves a segment that is simply converted again.
-        """
-        self.failpoints.hit("after_parquet_write")
-        if dead_tmp is not None:
-            durable.rename(dead_tmp, self.dead_letter_path(seq))
-        durable.publish(tmp, self.parquet_path(seq))
-        self.failpoints.hit("after_convert_rename")
+        """Publish fsynced Parquet temp files as the converted form of segment ``seq``
+        (see :meth:`Outbox.publish`)."""
+        size = self.outbox.publish(seq, tmp, dead_tmp)
         with self._lock:
             segment = self._index[seq]
             segment.converted = True
-            segment.parquet_bytes = self._outbox_bytes(seq)
-
-    def _outbox_bytes(self, seq: int) -> int:
-        return sum(
-            p.stat().st_size for p in (self.parquet_path(seq), self.dead_letter_path(seq))
-            if p.exists()
-        )
+            segment.parquet_bytes = size
 
     def quarantine_sealed(self, seq: int, reason: str, offset: int) -> None:
         """Move a sealed segment that no longer decodes out of the pipeline, with the reason."""
@@ -548,15 +528,10 @@ class Wal:
         with self._ship_lock:
             with self._lock:
                 segment = self._index[seq]
-                for tp, rng in segment.ranges.items():
-                    self._shipped_next[tp] = max(self._shipped_next.get(tp, 0), rng.last + 1)
-                self._last_shipped_seq = max(self._last_shipped_seq, seq)
-                state = self._state_json()
-            durable.write_atomic(self.layout.state, state)
+                state = self.outbox.record_shipped(seq, segment.ranges)
+            self.outbox.write_state(state)
             self.failpoints.hit("after_shipped_record")
-            self.parquet_path(seq).unlink(missing_ok=True)
-            self.dead_letter_path(seq).unlink(missing_ok=True)
-            self.status_path(seq).unlink(missing_ok=True)
+            self.outbox.remove(seq)
             segment.path.unlink()
             self.failpoints.hit("after_delete")
             durable.fsync_dir(self.layout.outbox)
@@ -564,32 +539,20 @@ class Wal:
             with self._lock:
                 del self._index[seq]
 
-    def _state_json(self) -> bytes:
-        return ShippedState(self._last_shipped_seq, dict(self._shipped_next)).to_json()
-
     def status_path(self, seq: int) -> Path:
         return self.layout.upload_status(seq)
 
     def record_upload_failure(self, seq: int, error: str, *, permanent: bool) -> int:
-        """Keep the attempt count and last error beside the Parquet file (for inspect)."""
-        status_path = self.status_path(seq)
-        try:
-            status = json.loads(status_path.read_text())
-        except (FileNotFoundError, ValueError):
-            status = {"attempts": 0}
-        status.update(
-            attempts=int(status.get("attempts", 0)) + 1, last_error=error,
-            last_attempt_ms=self._now_ms(), stuck=permanent,
-        )
-        durable.write_atomic(status_path, json.dumps(status).encode())
-        return int(status["attempts"])
+        """Keep the attempt count and last error beside the Parquet file (for inspect); return
+        the number of attempts so far."""
+        return self.outbox.record_upload_failure(seq, error, permanent=permanent)
 
     # ----------------------------------------------------------------------------- offsets
 
     def next_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset after the last one the WAL holds or has shipped."""
         with self._lock:
-            result = dict(self._shipped_next)
+            result = dict(self.outbox.shipped_next)
             every = [s.ranges for s in self._index.values()] + list(
                 self.quarantine.ranges.values()
             )
@@ -616,7 +579,7 @@ class Wal:
 
     def shipped_offsets(self) -> dict[TopicPartition, int]:
         with self._lock:
-            return dict(self._shipped_next)
+            return dict(self.outbox.shipped_next)
 
     # ----------------------------------------------------------------------------- sizes
 
