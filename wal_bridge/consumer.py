@@ -17,7 +17,7 @@ from typing import Any
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from wal_bridge.config import Settings
-from wal_bridge.errors import WalBridgeError
+from wal_bridge.errors import ConsumerError
 from wal_bridge.logs import RateLimited, get_logger
 from wal_bridge.metrics import Metrics
 from wal_bridge.wal.codec import RecordColumns
@@ -29,10 +29,6 @@ TP = tuple[str, int]
 MAX_POLL = 10_000
 RESUME_FRACTION = 0.9  # resume once the WAL is back under 90 % of WAL_MAX_BYTES
 STATS_INTERVAL_MS = 5_000  # librdkafka statistics: the high watermarks behind the lag gauge
-
-
-class ConsumerError(WalBridgeError):
-    """The Kafka client reported a fatal error."""
 
 
 def consumer_config(settings: Settings, instance_id: str) -> dict[str, Any]:

@@ -80,3 +80,20 @@ class DestinationNotFoundError(SinkError):
     def __init__(self, message: str) -> None:
         super().__init__(message, transient=False)
 
+
+class SchemaConflictError(ConfigError):
+    """The schema this instance would write differs from the one its destination holds."""
+
+
+class BrokerError(WalBridgeError):
+    """Kafka did not answer, or its client gave up; the message names the broker or partition."""
+
+
+class KafkaUnavailable(BrokerError):
+    """The broker did not answer a metadata or offset request in time (an operator command can
+    go on without it, or try again)."""
+
+
+class ConsumerError(BrokerError):
+    """The Kafka client reported a fatal error (for example a fenced ``group.instance.id``):
+    this consumer cannot go on; the bridge stops and keeps its WAL for the next start."""

@@ -40,7 +40,7 @@ import pyarrow.json as pajson
 
 from wal_bridge import durable
 from wal_bridge.config import SPECS_BY_NAME
-from wal_bridge.errors import ConfigError, ObjectConflictError
+from wal_bridge.errors import ConfigError, ObjectConflictError, SchemaConflictError
 from wal_bridge.logs import get_logger
 
 if TYPE_CHECKING:
@@ -125,7 +125,14 @@ TYPE_NAMES: dict[str, FieldType] = {
 
 
 class SchemaError(ValueError):
-    """A schema document that does not parse or breaks a rule; the message says which."""
+    """A schema document that does not parse or breaks a rule; the message says which.
+
+    It stays here, not in errors.py: a parse error of one document (a ValueError, like
+    json.JSONDecodeError) that never reaches an operator by itself. Each reader of a document
+    turns it into an error naming where the document is: SchemaStore.open a ConfigError naming
+    SCHEMA_FILE or the pinned file, SharedSchema.publish a SchemaConflictError naming the
+    stored object, ``wal_bridge schema`` a WalBridgeError naming it.
+    """
 
 
 @dataclass(frozen=True)
@@ -440,10 +447,6 @@ def _schema_file_error(path: Path, problem: str) -> ConfigError:
     return ConfigError(f"{spec.env} ({spec.flag})={str(path)!r}: {problem}")
 
 
-class SchemaConflictError(ConfigError):
-    """The schema this instance would write differs from the one its destination holds."""
-
-
 class SharedSchema:
     """The destination's copy of the schema: one per table, whichever instance wrote it first.
 
@@ -466,8 +469,8 @@ class SharedSchema:
     def publish(self, schema: PayloadSchema) -> PayloadSchema:
         """Store ``schema`` unless the destination holds one; return the one it holds.
 
-        Raises SinkError (``transient`` says whether to try again), or SchemaError when the
-        stored object is not a schema.
+        Raises SinkError (``transient`` says whether to try again), or SchemaConflictError
+        (exit code 2) when the stored object is not a schema.
         """
         staged = durable.temp_path(self.scratch / "schema.shared")
         staged.write_bytes(schema.to_json())
@@ -477,7 +480,10 @@ class SharedSchema:
             try:
                 return PayloadSchema.parse(self.sink.read(self.key))
             except SchemaError as exc:
-                raise SchemaError(f"{self.url}: {exc}") from None
+                raise SchemaConflictError(
+                    f"{self.url} is not a schema wal-bridge can read ({exc}): every instance "
+                    "writing one table must use one schema; with every instance stopped, fix it "
+                    "or remove it (the first instance to convert then stores its own)") from None
         finally:
             staged.unlink(missing_ok=True)
         return schema

@@ -12,14 +12,13 @@ from click.testing import CliRunner
 from tests.unit.test_schema import segment
 from wal_bridge.cli import main
 from wal_bridge.config import Destination
-from wal_bridge.errors import SinkError
+from wal_bridge.errors import SchemaConflictError, SinkError
 from wal_bridge.parquet import Converter
 from wal_bridge.schema import (
     PINNED_NAME,
     Field,
     FieldType,
     PayloadSchema,
-    SchemaConflictError,
     SharedSchema,
 )
 from wal_bridge.sink import PutResult
@@ -114,6 +113,23 @@ def test_a_local_pin_that_disagrees_with_the_stored_one_is_a_clear_error(tmp_pat
     (tmp_path / "wal-b" / PINNED_NAME).write_text('[{"name": "x", "type": "bool"}]')
     with pytest.raises(SchemaConflictError, match=r"remove .*wal-b/schema.json to adopt it"):
         instance(bucket, tmp_path / "wal-b").store.agreed()
+
+
+def test_a_stored_object_that_is_not_a_schema_stops_with_one_clear_error(tmp_path: Path) -> None:
+    """Garbage at the destination's schema key is a SchemaConflictError (exit code 2) naming
+    the object and the fix, not a ValueError escaping as a traceback."""
+    sink = LocalSink(Destination("file", str(tmp_path / "bucket"), DEST))
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"{not a schema")
+    sink.put(sink.destination.schema_key, garbage)
+    shared = SharedSchema(sink, sink.destination.schema_key, tmp_path)
+    with pytest.raises(SchemaConflictError) as caught:
+        shared.publish(PayloadSchema((Field("id", F.INT64),)))
+    assert str(caught.value).startswith(
+        f"file://{tmp_path}/bucket/_wal_bridge/raw/schema.json is not a schema wal-bridge can "
+        "read (not valid JSON: ")
+    assert "with every instance stopped, fix it or remove it" in str(caught.value)
+    assert caught.value.exit_code == 2
 
 
 def test_an_unreachable_destination_defers_pinning_and_loses_nothing(tmp_path: Path) -> None:

@@ -33,7 +33,6 @@ from wal_bridge.commands.common import (
     KAFKA_SECURITY,
     LOGGING,
     STORAGE,
-    KafkaUnavailable,
     PartitionOffsets,
     build_settings,
     echo_json,
@@ -45,6 +44,7 @@ from wal_bridge.commands.common import (
     table,
 )
 from wal_bridge.config import Settings
+from wal_bridge.errors import KafkaUnavailable
 from wal_bridge.sink import ObjectInfo, Sink, open_sink
 
 FOOTER_TAIL = 64 * 1024  # one ranged read fetches the whole footer of nearly every file

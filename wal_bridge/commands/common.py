@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from wal_bridge.config import SPECS, SPECS_BY_NAME, Settings, Spec, load_settings
-from wal_bridge.errors import WalBridgeError
+from wal_bridge.errors import KafkaUnavailable
 from wal_bridge.logs import configure
 
 
@@ -170,10 +170,6 @@ class Progress:
 
 
 # ------------------------------------------------------------------------------- Kafka
-
-
-class KafkaUnavailable(WalBridgeError):
-    """The broker did not answer a metadata or offset request in time."""
 
 
 @dataclass(frozen=True)

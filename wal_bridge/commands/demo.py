@@ -26,14 +26,13 @@ import click
 from wal_bridge.commands.common import (
     KAFKA_SECURITY,
     STORAGE,
-    KafkaUnavailable,
     Progress,
     kafka_offsets,
     settings_options,
     specs,
 )
 from wal_bridge.config import SPECS, Settings, load_settings
-from wal_bridge.errors import WalBridgeError
+from wal_bridge.errors import KafkaUnavailable, WalBridgeError
 from wal_bridge.logs import configure
 
 EVENTS_SQL = """SELECT event_type,

@@ -39,7 +39,6 @@ import click
 import pyarrow as pa
 
 from wal_bridge.commands.common import (
-    KafkaUnavailable,
     PartitionOffsets,
     Progress,
     build_settings,
@@ -52,7 +51,12 @@ from wal_bridge.commands.common import (
 )
 from wal_bridge.commands.inspect import inspect_wal
 from wal_bridge.config import Settings
-from wal_bridge.errors import SinkError, WalBridgeError, WalLockedError
+from wal_bridge.errors import (
+    KafkaUnavailable,
+    SinkError,
+    WalBridgeError,
+    WalLockedError,
+)
 from wal_bridge.wal.codec import BATCH_SCHEMA
 from wal_bridge.wal.layout import REPLAYED_SUFFIX, WalLayout
 from wal_bridge.wal.lock import lock_holder
