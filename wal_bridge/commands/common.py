@@ -188,7 +188,9 @@ def kafka_offsets(settings: Settings, topics: Iterable[str], group_id: str | Non
     """Watermarks of every partition of ``topics`` and the committed offsets of ``group_id``.
 
     A plain consumer with a throwaway group id reads the watermarks; the group's offsets are
-    read with ``committed()``, which never joins the group or commits anything.
+    read with ``committed()``, which never joins the group or commits anything. Topics Kafka
+    does not know are left out. Raises KafkaUnavailable when the broker does not answer within
+    ``timeout`` seconds per request.
     """
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -228,14 +230,3 @@ def kafka_offsets(settings: Settings, topics: Iterable[str], group_id: str | Non
     finally:
         consumer.close()
 
-
-def retry_call(func: Callable[[], Any], attempts: int = 3, delay: float = 1.0) -> Any:
-    """Call ``func``; on KafkaUnavailable try again a few times (a broker just restarted)."""
-    for attempt in range(attempts):
-        try:
-            return func()
-        except KafkaUnavailable:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(delay)
-    return None  # pragma: no cover - the loop returns or raises
