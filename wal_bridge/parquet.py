@@ -17,7 +17,7 @@ How it stays fast, with no per-record Python on the way of a good record:
 
 1. Arrow checks whole columns: null, length, UTF-8, first and last byte.
    Then a segment whose records are exactly what a flat schema says (the usual case) is read
-   in one parse by Arrow's JSON reader (:mod:`wal_bridge.flat`), and the steps below are
+   in one parse by Arrow's JSON reader (:mod:`wal_bridge.conversion.flat`), and the steps below are
    skipped; any surprise in the segment sends it down them instead.
 2. One DuckDB query parses every record twice (yyjson, in C): its keys, and the JSON text of
    each schema field's value. A record that is not JSON fails the query; only then is it asked
@@ -49,7 +49,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from wal_bridge.flat import read_flat
+from wal_bridge.conversion.casting import cast_fragments
+from wal_bridge.conversion.flat import read_flat
 from wal_bridge.schema import (
     DEAD_LETTER_COLUMNS,
     EXTRA_COLUMN,
@@ -67,7 +68,6 @@ from wal_bridge.schema import (
     PayloadSchema,
     SchemaStore,
     SharedSchema,
-    cast_fragments,
     infer,
 )
 from wal_bridge.wal.codec import BATCH_SCHEMA, HEADER_TYPE

@@ -13,13 +13,13 @@ import pyarrow as pa
 import pytest
 
 from tests.unit.test_parquet import GOOD, SCHEMA, batch, seal_of
+from wal_bridge.conversion.casting import cast_fragments
 from wal_bridge.parquet import DEAD_LETTER_SCHEMA, METADATA_FIELDS, Converter, data_schema
 from wal_bridge.schema import (
     Field,
     FieldType,
     PayloadSchema,
     bigquery_name_problem,
-    cast_fragments,
 )
 
 ALL_TYPES = PayloadSchema(tuple(Field(f"c_{t.value}", t) for t in FieldType))

@@ -80,7 +80,7 @@ def test_two_threads_converting_at_once_give_what_each_gives_alone() -> None:
 def test_both_segments_need_the_general_converter() -> None:
     """Both segments need the general converter (unknown keys): the fast path declines them,
     so the tests above exercise the state they are about."""
-    from wal_bridge.flat import read_flat
+    from wal_bridge.conversion.flat import read_flat
 
     for values in (READABLE, UNREADABLE):
         text = pa.array([v.decode() for v in values], pa.string())

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tests.unit.test_parquet import batch, seal_of
 from wal_bridge import parquet
-from wal_bridge.flat import read_flat
+from wal_bridge.conversion.flat import read_flat
 from wal_bridge.parquet import Converted, Converter
 from wal_bridge.schema import Field, FieldType, PayloadSchema
 

@@ -8,8 +8,8 @@ not that simple, and the caller runs the general converter (:mod:`wal_bridge.par
 also says, row by row, what went where and why.
 
 It never guesses: it answers only when its result is, row for row, what the general converter
-gives, and tests/unit/test_flat.py checks exactly that over generated segments. What makes it
-give up (each one costs the segment one extra attempt, a few milliseconds):
+gives, and tests/unit/conversion/test_flat.py checks exactly that over generated segments. What
+makes it give up (each one costs the segment one extra attempt, a few milliseconds):
 
 - the schema has a ``json`` column (its values are kept as JSON text, which only the general
   converter writes);
@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-from wal_bridge.schema import FieldType, PayloadSchema, cast_fragments
+from wal_bridge.conversion.casting import cast_fragments
+from wal_bridge.schema import FieldType, PayloadSchema
 
 _NEWLINE, _EMPTY, _QUOTE = (pa.scalar(t, pa.string()) for t in ("\n", "", '"'))
 
