@@ -21,6 +21,10 @@ class ConfigError(WalBridgeError):
     exit_code = 2
 
 
+class SchemaConflictError(ConfigError):
+    """The schema this instance would write differs from the one its destination holds."""
+
+
 class WalLockedError(WalBridgeError):
     """Another process holds the WAL directory."""
 
@@ -79,10 +83,6 @@ class DestinationNotFoundError(SinkError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, transient=False)
-
-
-class SchemaConflictError(ConfigError):
-    """The schema this instance would write differs from the one its destination holds."""
 
 
 class BrokerError(WalBridgeError):
