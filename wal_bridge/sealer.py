@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 from wal_bridge import durable
+from wal_bridge.errors import CorruptionError
 from wal_bridge.logs import RateLimited, get_logger
 from wal_bridge.metrics import Metrics
 from wal_bridge.parquet import Converter, footer_metadata, write_parquet
-from wal_bridge.wal.codec import DecodeError
-from wal_bridge.wal.log import DiskFullError, Segment, Wal
-from wal_bridge.wal.segment import iter_batches
+from wal_bridge.wal.log import DiskFullError, Wal
+from wal_bridge.wal.segment import Segment, read_sealed
 
 log = get_logger("wal_bridge.sealer")
 
@@ -70,9 +70,9 @@ class Sealer:
         assert segment.seal is not None
         started = time.monotonic()
         try:
-            batches = list(iter_batches(segment.path.read_bytes()))
-        except DecodeError as exc:
-            self.wal.quarantine_sealed(segment.seq, f"at conversion: {exc.reason}", exc.offset)
+            batches = read_sealed(segment.path)
+        except CorruptionError as exc:
+            self.wal.quarantine_sealed(exc)
             return False
         converted = self.converter.convert(batches, segment.seal)
         final = self.wal.parquet_path(segment.seq)

@@ -25,7 +25,8 @@ from wal_bridge.errors import ObjectConflictError, SinkError
 from wal_bridge.logs import get_logger
 from wal_bridge.metrics import Metrics
 from wal_bridge.sink import PutResult, Sink
-from wal_bridge.wal.log import Segment, Wal
+from wal_bridge.wal.log import Wal
+from wal_bridge.wal.segment import Segment
 
 log = get_logger("wal_bridge.uploader")
 

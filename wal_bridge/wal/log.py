@@ -1,10 +1,25 @@
-"""The write-ahead log directory: lock, identity, recovery, append, seal and the segment index.
+"""The write-ahead log: append, seal, the segment index and the offsets it answers for.
 
-The directory's files are named in :mod:`wal_bridge.wal.layout`.
+:class:`Wal` composes the WAL's other roles, each in its own module: the directory's lock and
+identity (:mod:`~wal_bridge.wal.lock`), recovery at start (:mod:`~wal_bridge.wal.recovery`),
+converted and shipped bookkeeping (:mod:`~wal_bridge.wal.outbox`), and the quarantine
+(:mod:`~wal_bridge.wal.quarantine`). The files are named in :mod:`~wal_bridge.wal.layout`, and
+every state change goes through :mod:`wal_bridge.durable` (temp file, fsync, rename, fsync
+directory).
 
-Every state change goes through :mod:`wal_bridge.durable` (temp file, fsync, rename, fsync
-directory). One lock serialises the consumer thread (append, seal) with the sealer and uploader
-threads (convert, ship); appends hold it for one write and one fsync.
+Sealing happens in one place, :meth:`Wal._seal_due`, under one rule (:meth:`Wal._due`): a
+segment is sealed when it holds BATCH_SIZE records or its first record is BATCH_TIMEOUT seconds
+old, whichever comes first; or at once when asked (shutdown, replay, and the segments a crash
+left open, which recovery hands over). It is called by :meth:`Wal.append` on the consumer thread,
+by :meth:`Wal.seal_if_due` on the sealer's, and by :meth:`Wal.seal`.
+
+Threads: the consumer appends and seals; the sealer seals on time and converts; the uploader
+ships. Three locks, always taken in this order when nested: ``_ship_lock`` (one
+:meth:`mark_shipped` at a time, so ``state.json`` only moves forward); ``_append_lock`` for the
+active segment (its file descriptor and counters), held across its writes and fsyncs; and
+``_lock`` for the index, the shipped offsets and the quarantine's ranges, held only for
+in-memory changes, so that the sealer and uploader never wait for the consumer's fsync, nor it
+for theirs.
 """
 
 from __future__ import annotations
@@ -15,7 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,13 +38,11 @@ from typing import Any
 import pyarrow as pa
 
 from wal_bridge import durable
-from wal_bridge.errors import WalBridgeError
+from wal_bridge.errors import CorruptionError, WalBridgeError
 from wal_bridge.failpoints import DISARMED, Failpoints
 from wal_bridge.logs import get_logger
 from wal_bridge.wal.codec import (
     MAX_FRAME_BYTES,
-    SEGMENT_HEADER_SIZE,
-    DecodeError,
     FrameKind,
     encode_frame,
     encode_records,
@@ -39,16 +52,17 @@ from wal_bridge.wal.layout import WalLayout
 from wal_bridge.wal.lock import WalLock, ensure_identity
 from wal_bridge.wal.outbox import Outbox
 from wal_bridge.wal.quarantine import Quarantine, QuarantineStatus
+from wal_bridge.wal.recovery import RecoveryReport, recover
 from wal_bridge.wal.segment import (
     OPEN,
     SEALED,
     Ranges,
-    ScanResult,
     SealInfo,
+    Segment,
     TopicPartition,
     batch_ranges,
     merge_ranges,
-    scan,
+    parse_segment_name,
 )
 
 log = get_logger("wal_bridge.wal")
@@ -67,34 +81,6 @@ class DiskFullError(WalBridgeError):
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass
-class Segment:
-    """The index entry of one segment (active, sealed or converted)."""
-
-    seq: int
-    state: str  # "open" or "sealed"
-    path: Path
-    bytes: int
-    records: int
-    created_ms: int
-    ranges: Ranges = field(default_factory=dict)
-    seal: SealInfo | None = None
-    converted: bool = False
-    parquet_bytes: int = 0
-    first_append: float | None = None  # monotonic time of the first record, active only
-
-
-@dataclass
-class RecoveryReport:
-    sealed: list[int] = field(default_factory=list)  # open segments sealed at start
-    truncated: list[tuple[int, int]] = field(default_factory=list)  # (segment, bytes cut)
-    quarantined: list[tuple[int, str]] = field(default_factory=list)
-    removed_temp: int = 0
-    removed_empty: int = 0
-    scanned_bytes: int = 0
-    duration_s: float = 0.0
 
 
 class KeyPolicy:
@@ -143,13 +129,9 @@ class Wal:
         self._dir_lock = lock
         self._now_ms = now_ms
         self._monotonic = monotonic
-        # Two locks, always taken in this order: ``_append_lock`` for the active segment (its
-        # file descriptor and counters: append, seal), held across its writes and fsyncs; and
-        # ``_lock`` for the index and the shipped offsets, held only for in-memory changes, so
-        # that the sealer and uploader never wait for the consumer's fsync, nor it for theirs.
+        self._ship_lock = threading.Lock()
         self._append_lock = threading.RLock()
         self._lock = threading.RLock()
-        self._ship_lock = threading.Lock()  # one mark_shipped at a time: state.json moves forward
         self._index: dict[int, Segment] = {}
         self._active: Segment | None = None
         self._active_fd: int | None = None
@@ -174,7 +156,8 @@ class Wal:
         now_ms: Callable[[], int] = _now_ms,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> Wal:
-        """Lock ``root``, fix the instance identity and recover whatever a crash left."""
+        """Lock ``root``, fix the instance identity and recover whatever a crash left: every
+        segment a crash left open is sealed before this returns."""
         for directory in WalLayout(root).directories:
             directory.mkdir(parents=True, exist_ok=True)
         lock = WalLock.acquire(root)
@@ -197,96 +180,14 @@ class Wal:
             self._dir_lock.release()
 
     def _recover(self) -> None:
-        """Bring the directory to a clean state: every segment sealed, quarantined or gone."""
-        started = time.monotonic()
-        report = RecoveryReport()
-        for directory in self.layout.directories:
-            report.removed_temp += len(durable.remove_temp_files(directory))
-        max_seq = max(self.outbox.load(), self.quarantine.load())
-        converted = self.layout.converted()
-        for seq, state in self.layout.list_segments():
-            path = self.layout.segment(seq, state)
-            max_seq = max(max_seq, seq)
-            data = path.read_bytes()
-            report.scanned_bytes += len(data)
-            segment = self._recover_segment(seq, state, path, data, report)
-            if segment is not None:
-                segment.converted = seq in converted
-                if segment.converted:
-                    segment.parquet_bytes = self.outbox.bytes(seq)
-                self._index[seq] = segment
-        self._next_seq = max_seq + 1
-        report.duration_s = time.monotonic() - started
-        self.recovery = report
-
-    def _recover_segment(  # noqa: PLR0911 - one return per recovery outcome, in decision order
-        self, seq: int, state: str, path: Path, data: bytes, report: RecoveryReport
-    ) -> Segment | None:
-        """Decide what one segment file becomes; None when it leaves the index."""
-        if state == OPEN and len(data) < SEGMENT_HEADER_SIZE:
-            path.unlink()  # created, but its header never made it: it holds no record
-            report.removed_empty += 1
-            return None
-        try:
-            # A sealed segment's seal frame holds its offset ranges: verifying the checksums is
-            # enough, and skipping the per-frame group-by is most of the scan's speed.
-            result = scan(data, ranges=state == OPEN)
-            if state == SEALED and (result.error is not None or result.seal is None):
-                result = scan(data)  # damaged: the ranges of its good frames, for the report
-            elif result.seal is not None and state == SEALED:
-                result.ranges = dict(result.seal.ranges)
-        except DecodeError as exc:
-            self._quarantine_at_start(seq, path, f"segment header: {exc.reason}", exc.offset, {},
-                                      report=report)
-            return None
-        if result.error is not None and not (state == OPEN and result.tail_only):
-            self._quarantine_at_start(seq, path, result.error.reason, result.error.offset,
-                                      result.ranges, report=report)
-            return None
-        if state == SEALED and result.seal is None:
-            self._quarantine_at_start(seq, path, "sealed segment has no seal frame", result.size,
-                                      result.ranges, report=report)
-            return None
-        if result.error is not None:  # torn tail of the open segment: cut it, keep it
-            self._cut_tail(path, data, result)
-            report.truncated.append((seq, result.size - result.valid_end))
-        segment = Segment(seq, state, path, result.valid_end, result.records, result.created_ms,
-                          result.ranges, result.seal)
-        if state == SEALED:
-            return segment
-        if result.seal is not None:  # crashed between the seal frame and the rename
-            self._rename_sealed(segment)
-            return segment
-        if result.records == 0:
-            path.unlink()
-            durable.fsync_dir(self.layout.segments)
-            report.removed_empty += 1
-            return None
-        self._active = segment  # what a crash left open is sealed now; appends go to a new one
-        self._seal_active()
-        report.sealed.append(seq)
-        return segment
-
-    def _quarantine_at_start(
-        self, seq: int, path: Path, reason: str, offset: int, ranges: Ranges, *,
-        report: RecoveryReport,
-    ) -> None:
-        self._quarantine(seq, path, reason, offset, ranges)
-        report.quarantined.append((seq, reason))
-
-    def _cut_tail(self, path: Path, data: bytes, result: ScanResult) -> None:
-        assert result.error is not None
-        torn = self.layout.torn(result.seq)
-        durable.write_atomic(torn, data[result.valid_end :])
-        durable.truncate(path, result.valid_end)
-        log.warning(
-            "segment_tail_truncated", segment=result.seq, bytes=result.size - result.valid_end,
-            offset=result.valid_end, reason=result.error.reason, kept=str(torn),
-        )
-
-    def _quarantine(self, seq: int, path: Path, reason: str, offset: int, ranges: Ranges) -> None:
-        with self._lock:
-            self.quarantine.set_aside(seq, path, reason, offset, ranges)
+        recovered = recover(self.layout, self.outbox, self.quarantine)
+        self._index = recovered.index
+        self._next_seq = recovered.next_seq
+        with self._append_lock:
+            for segment in recovered.unsealed:  # appends go to a new segment
+                self._active = segment
+                self._seal_due(force=True)
+        self.recovery = recovered.report
 
     # ----------------------------------------------------------------------------- appending
 
@@ -314,12 +215,11 @@ class Wal:
 
     def _append_part(self, rest: pa.RecordBatch, durable: Ranges) -> int:
         """Write as much of ``rest`` as fits in the active segment; return how many records
-        are now durable (0 when a full segment only got sealed), and add their ranges to
-        ``durable``."""
-        active = self._active or self._new_segment()
-        if active.records >= self.batch_size:  # full, but its seal failed on a full disk
-            self._seal_active()
+        are now durable (0 when a due segment only got sealed: one whose seal failed on a full
+        disk), and add their ranges to ``durable``."""
+        if self._seal_due():
             return 0
+        active = self._active or self._new_segment()
         part = rest.slice(0, self.batch_size - active.records)
         mark = (active.bytes, active.records, dict(active.ranges), active.first_append)
         try:
@@ -339,9 +239,8 @@ class Wal:
         self.failpoints.hit("after_append_before_fsync")
         self._sync_active()
         merge_ranges(durable, ranges)
-        if active.records >= self.batch_size:
-            with contextlib.suppress(DiskFullError):  # durable already; sealing is retried
-                self._seal_active()
+        with contextlib.suppress(DiskFullError):  # durable already; sealing is retried
+            self._seal_due()
         return int(part.num_rows)
 
     def _rollback(self, segment: Segment, mark: tuple[int, int, Ranges, float | None]) -> None:
@@ -399,33 +298,59 @@ class Wal:
     # ----------------------------------------------------------------------------- sealing
 
     def seal_if_due(self) -> bool:
-        """Seal the active segment if its first record is BATCH_TIMEOUT seconds old."""
-        # A look without the lock first, each field read once (another thread may be sealing
-        # it): most calls find nothing due and never wait for an append's fsync.
+        """Seal the active segment if it is due (the sealer's timer); return whether it did."""
+        # A look without the lock first (another thread may be sealing it): most calls find
+        # nothing due and never wait for an append's fsync.
         active = self._active
-        first_append = active.first_append if active is not None else None
-        if first_append is None or self._monotonic() - first_append < self.batch_timeout:
+        if active is None or not self._due(active):
             return False
         with self._append_lock:
-            active = self._active
-            if active is None or active.first_append is None:
-                return False
-            if self._monotonic() - active.first_append < self.batch_timeout:
-                return False
-            self._seal_active()
-            return True
+            return self._seal_due()
 
     def seal(self) -> bool:
-        """Seal the active segment now if it holds any record (shutdown, tests)."""
+        """Seal the active segment now if it holds any record (shutdown, replay, tests)."""
         with self._append_lock:
-            if self._active is None or self._active.records == 0:
-                return False
-            self._seal_active()
-            return True
+            return self._seal_due(force=True)
 
-    def _seal_active(self) -> None:
+    def _due(self, segment: Segment) -> bool:
+        """The sealing rule: BATCH_SIZE records, or a first record BATCH_TIMEOUT seconds old.
+        Reads each field once: safe to ask without the lock, as a first look."""
+        if segment.records >= self.batch_size:
+            return True
+        first_append = segment.first_append
+        return first_append is not None and self._monotonic() - first_append >= self.batch_timeout
+
+    def _seal_due(self, *, force: bool = False) -> bool:
+        """The one place a segment is sealed: the active one, if it is due (or ``force``) and
+        holds a record. Caller holds ``_append_lock``. Raises DiskFullError (the segment stays
+        open and durable, and is sealed at the next call) or WalFatalError."""
         active = self._active
-        assert active is not None
+        if active is None or (active.records == 0 and active.seal is None):
+            return False
+        if not force and not self._due(active):
+            return False
+        wrote_seal = active.seal is None  # else a crash came between the seal frame and rename
+        if wrote_seal:
+            self._write_seal(active)
+        first_append = active.first_append
+        target = self.layout.segment(active.seq, SEALED)
+        durable.rename(active.path, target)
+        self.failpoints.hit("after_seal_rename")
+        durable.fsync_dir(self.layout.segments)
+        with self._lock:  # sealed and durable: from now on the sealer may take it
+            active.path, active.state, active.first_append = target, SEALED, None
+            self._active = None
+        if wrote_seal:
+            age = (self._monotonic() - first_append) if first_append else 0.0
+            assert active.seal is not None
+            log.info(
+                "segment_sealed", segment=active.seq, records=active.records, bytes=active.bytes,
+                key=active.seal.key, age_s=round(age, 3), partitions=len(active.ranges),
+            )
+        return True
+
+    def _write_seal(self, active: Segment) -> None:
+        """Write and fsync the seal frame, naming the object keys (fixed from now on)."""
         if self._active_fd is None:  # recovered open segment: reopen for the seal frame
             self._active_fd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
         sealed_at = self._now_ms()
@@ -445,36 +370,23 @@ class Wal:
         self._active_fd = None
         self.failpoints.hit("after_seal_trailer")
         active.seal = info
-        first_append = active.first_append
-        self._rename_sealed(active)
-        age = (self._monotonic() - first_append) if first_append else 0.0
-        log.info(
-            "segment_sealed", segment=active.seq, records=active.records, bytes=active.bytes,
-            key=key, age_s=round(age, 3), partitions=len(active.ranges),
-        )
-
-    def _rename_sealed(self, segment: Segment) -> None:
-        target = self.layout.segment(segment.seq, SEALED)
-        durable.rename(segment.path, target)
-        self.failpoints.hit("after_seal_rename")
-        durable.fsync_dir(self.layout.segments)
-        with self._lock:  # sealed and durable: from now on the sealer may take it
-            segment.path, segment.state, segment.first_append = target, SEALED, None
-            if self._active is segment:
-                self._active = None
 
     # ----------------------------------------------------------------------------- converting
 
-    def parquet_path(self, seq: int) -> Path:
-        return self.layout.parquet(seq)
-
     def to_convert(self) -> list[Segment]:
+        """Sealed segments not yet converted, oldest first."""
         with self._lock:
             return [s for s in sorted(self._index.values(), key=lambda s: s.seq)
                     if s.state == SEALED and not s.converted]
 
+    def parquet_path(self, seq: int) -> Path:
+        return self.layout.parquet(seq)
+
     def dead_letter_path(self, seq: int) -> Path:
         return self.layout.dead_letters(seq)
+
+    def status_path(self, seq: int) -> Path:
+        return self.layout.upload_status(seq)
 
     def mark_converted(self, seq: int, tmp: Path, dead_tmp: Path | None = None) -> None:
         """Publish fsynced Parquet temp files as the converted form of segment ``seq``
@@ -485,11 +397,20 @@ class Wal:
             segment.converted = True
             segment.parquet_bytes = size
 
-    def quarantine_sealed(self, seq: int, reason: str, offset: int) -> None:
-        """Move a sealed segment that no longer decodes out of the pipeline, with the reason."""
+    # ----------------------------------------------------------------------------- quarantine
+
+    def quarantine_sealed(self, error: CorruptionError) -> None:
+        """Move a sealed segment found damaged at conversion out of the pipeline: ``error``
+        names its file and the byte offset of the damage."""
+        parsed = parse_segment_name(error.segment.name)
+        if parsed is None:
+            raise ValueError(f"{error.segment} is not a segment file")
+        seq = parsed[0]
+        at_conversion = CorruptionError(error.segment, error.offset,
+                                        f"at conversion: {error.reason}")
         with self._lock:
             segment = self._index.pop(seq)
-            self.quarantine.set_aside(seq, segment.path, reason, offset, segment.ranges)
+            self.quarantine.set_aside(seq, at_conversion, segment.ranges)
 
     def release_quarantined(self, seq: int, report: dict[str, Any]) -> None:
         """Segment ``seq``, quarantined, was rebuilt into new segments that are durable: set
@@ -497,11 +418,6 @@ class Wal:
         held by the new segments only."""
         with self._lock:
             self.quarantine.release(seq, report)
-
-    @property
-    def quarantine_dir(self) -> Path:
-        """Interim, for metrics until it reads :meth:`quarantine_status`."""
-        return self.layout.quarantine
 
     def quarantined(self) -> list[int]:
         """The quarantined segments, by number."""
@@ -513,9 +429,15 @@ class Wal:
         with self._lock:
             return self.quarantine.status()
 
+    @property
+    def quarantine_dir(self) -> Path:
+        """Interim, for metrics until it reads :meth:`quarantine_status`."""
+        return self.layout.quarantine
+
     # ----------------------------------------------------------------------------- shipping
 
     def to_ship(self) -> list[Segment]:
+        """Converted segments, oldest first."""
         with self._lock:
             return [s for s in sorted(self._index.values(), key=lambda s: s.seq) if s.converted]
 
@@ -539,9 +461,6 @@ class Wal:
             with self._lock:
                 del self._index[seq]
 
-    def status_path(self, seq: int) -> Path:
-        return self.layout.upload_status(seq)
-
     def record_upload_failure(self, seq: int, error: str, *, permanent: bool) -> int:
         """Keep the attempt count and last error beside the Parquet file (for inspect); return
         the number of attempts so far."""
@@ -549,14 +468,15 @@ class Wal:
 
     # ----------------------------------------------------------------------------- offsets
 
+    def _held(self) -> list[Ranges]:
+        """The ranges of every segment held, quarantined ones included (caller holds _lock)."""
+        return [s.ranges for s in self._index.values()] + list(self.quarantine.ranges.values())
+
     def next_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset after the last one the WAL holds or has shipped."""
         with self._lock:
             result = dict(self.outbox.shipped_next)
-            every = [s.ranges for s in self._index.values()] + list(
-                self.quarantine.ranges.values()
-            )
-            for ranges in every:
+            for ranges in self._held():
                 for tp, rng in ranges.items():
                     result[tp] = max(result.get(tp, 0), rng.last + 1)
             return result
@@ -569,15 +489,13 @@ class Wal:
         """
         with self._lock:
             result: dict[TopicPartition, int] = {}
-            every = [s.ranges for s in self._index.values()] + list(
-                self.quarantine.ranges.values()
-            )
-            for ranges in every:
+            for ranges in self._held():
                 for tp, rng in ranges.items():
                     result[tp] = min(result.get(tp, rng.first), rng.first)
             return result
 
     def shipped_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset after the last one shipped (``state.json``)."""
         with self._lock:
             return dict(self.outbox.shipped_next)
 
@@ -589,13 +507,10 @@ class Wal:
             return sum(s.bytes + s.parquet_bytes for s in self._index.values())
 
     def snapshot(self) -> list[Segment]:
+        """A copy of the index, oldest first: safe to read while the WAL moves on."""
         with self._lock:
             return [replace(s, ranges=dict(s.ranges)) for s in
                     sorted(self._index.values(), key=lambda s: s.seq)]
-
-    @property
-    def active(self) -> Segment | None:
-        return self._active
 
 
 def _chunks(batch: pa.RecordBatch) -> list[pa.RecordBatch]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from wal_bridge import durable
+from wal_bridge.errors import CorruptionError
 from wal_bridge.logs import get_logger
 from wal_bridge.wal.layout import REPLAYED_SUFFIX, WalLayout
 from wal_bridge.wal.segment import Ranges, ranges_from_json, ranges_to_json
@@ -57,9 +58,11 @@ class Quarantine:
             self._bytes[entry.seq] = _size(entry.file)
         return max(self.ranges, default=0)
 
-    def set_aside(self, seq: int, path: Path, reason: str, offset: int, ranges: Ranges) -> None:
-        """Move segment ``seq``'s file (and any outbox file of it) into quarantine, with a
-        reason file saying what is wrong, where (byte ``offset``) and which offsets it held."""
+    def set_aside(self, seq: int, error: CorruptionError, ranges: Ranges) -> None:
+        """Move segment ``seq``'s damaged file (and any outbox file of it) into quarantine, with
+        a reason file saying what is wrong, where (the error's byte offset) and which offsets
+        it held. Only a :class:`CorruptionError` puts a segment here."""
+        path, reason, offset = error.segment, error.reason, error.offset
         target = self.layout.quarantined(path.name)
         info = {
             "segment": seq, "file": path.name, "reason": reason, "byte_offset": offset,

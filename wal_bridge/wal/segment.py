@@ -11,10 +11,12 @@ import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from wal_bridge.errors import CorruptionError
 from wal_bridge.wal.codec import (
     FRAME_MAGIC,
     SEGMENT_HEADER_SIZE,
@@ -137,6 +139,23 @@ class SealInfo:
 
 
 @dataclass
+class Segment:
+    """The WAL's index entry of one segment (active, sealed or converted)."""
+
+    seq: int
+    state: str  # OPEN or SEALED
+    path: Path
+    bytes: int
+    records: int
+    created_ms: int
+    ranges: Ranges = field(default_factory=dict)
+    seal: SealInfo | None = None
+    converted: bool = False
+    parquet_bytes: int = 0
+    first_append: float | None = None  # monotonic time of the first record, active only
+
+
+@dataclass
 class ScanResult:
     """What a segment's bytes hold, up to the first problem if there is one."""
 
@@ -225,6 +244,17 @@ def iter_batches(data: bytes) -> Iterator[pa.RecordBatch]:
         yield decode_records(frame)
     if not sealed:
         raise DecodeError(len(data), "segment has no seal frame")
+
+
+def read_sealed(path: Path) -> list[pa.RecordBatch]:
+    """The record batches of the sealed segment file at ``path``.
+
+    Raises CorruptionError, naming the file and the byte offset, for any damage.
+    """
+    try:
+        return list(iter_batches(path.read_bytes()))
+    except DecodeError as exc:
+        raise CorruptionError(path, exc.offset, exc.reason) from exc
 
 
 @dataclass
