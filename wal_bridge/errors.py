@@ -41,6 +41,16 @@ class CorruptionError(WalBridgeError):
         super().__init__(f"{self.segment.name}: corrupt at byte {offset}: {reason}")
 
 
+class WalFatalError(WalBridgeError):
+    """The WAL can no longer promise durability (an fsync failed, a failed write could not be
+    rolled back): the process must stop, and the next start recovers what is on disk."""
+
+
+class DiskFullError(WalBridgeError):
+    """The disk under the WAL is full: the write was rolled back and can be retried once there
+    is room (the consumer pauses meanwhile)."""
+
+
 class SinkError(WalBridgeError):
     """The destination refused or failed an operation.
 

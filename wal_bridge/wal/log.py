@@ -38,7 +38,7 @@ from typing import Any
 import pyarrow as pa
 
 from wal_bridge import durable
-from wal_bridge.errors import CorruptionError, WalBridgeError
+from wal_bridge.errors import CorruptionError, DiskFullError, WalBridgeError, WalFatalError
 from wal_bridge.failpoints import DISARMED, Failpoints
 from wal_bridge.logs import get_logger
 from wal_bridge.wal.codec import (
@@ -69,14 +69,6 @@ log = get_logger("wal_bridge.wal")
 
 # A frame body is kept well under the codec's hard limit so that one huge poll never fails.
 TARGET_FRAME_BYTES = min(64 * 1024 * 1024, MAX_FRAME_BYTES // 2)
-
-
-class WalFatalError(WalBridgeError):
-    """The WAL can no longer promise durability (an fsync failed): the process must restart."""
-
-
-class DiskFullError(WalBridgeError):
-    """The disk under the WAL is full; the write was rolled back and can be retried later."""
 
 
 def _now_ms() -> int:
