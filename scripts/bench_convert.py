@@ -42,7 +42,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wal_bridge.parquet import Converter, footer_metadata, write_table
+from wal_bridge.conversion import Converter
+from wal_bridge.parquet import footer_metadata, write_table
 from wal_bridge.schema import SchemaStore
 from wal_bridge.wal.codec import RecordColumns
 from wal_bridge.wal.segment import SealInfo, batch_ranges

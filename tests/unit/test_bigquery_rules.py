@@ -13,8 +13,9 @@ import pyarrow as pa
 import pytest
 
 from tests.unit.test_parquet import GOOD, SCHEMA, batch, seal_of
+from wal_bridge.conversion import Converter
 from wal_bridge.conversion.casting import cast_fragments
-from wal_bridge.parquet import DEAD_LETTER_SCHEMA, METADATA_FIELDS, Converter, data_schema
+from wal_bridge.parquet import DEAD_LETTER_SCHEMA, METADATA_FIELDS, data_schema
 from wal_bridge.schema import (
     Field,
     FieldType,

@@ -1,4 +1,4 @@
-"""Conversion of a sealed segment: the files' schema, determinism, dead letters and drift."""
+"""The Parquet files of a converted segment: their schema, footers, determinism and drift."""
 
 from __future__ import annotations
 
@@ -11,17 +11,15 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-import pytest
 
+from wal_bridge.conversion import Converted, Converter
 from wal_bridge.parquet import (
     DEAD_LETTER_SCHEMA,
-    Converted,
-    Converter,
     footer_metadata,
     write_parquet,
     write_table,
 )
-from wal_bridge.schema import Field, FieldType, PayloadSchema, SchemaStore
+from wal_bridge.schema import Field, FieldType, PayloadSchema
 from wal_bridge.wal.codec import RecordColumns
 from wal_bridge.wal.segment import Range, SealInfo, batch_ranges
 
@@ -201,80 +199,7 @@ def test_converting_a_segment_twice_gives_identical_bytes(tmp_path: Path) -> Non
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
 
 
-# ------------------------------------------------------------------------------- dead letters
-
-
-BAD = [
-    (None, "tombstone", "no value"),
-    (b"", "empty", "empty"),
-    (b'{"name": "' + b"x" * 2000 + b'"}', "too_large", "exceed MAX_RECORD_BYTES=1024"),
-    (b'{"name": "\xc3\x28"}', "invalid_utf8", "not valid UTF-8"),
-    (b"hello", "not_json", "Expecting value"),
-    (b'{"id": 1', "not_json", "Expecting ',' delimiter"),
-    (b'{"id": 1} trailing', "not_json", "Extra data"),
-    (b'{"id": 1}{"id": 2}', "not_json", "Extra data"),
-    (b'{"id": 1,}', "not_json", "Expecting property name"),
-    (b'{"ctx": [1, 2,]}', "not_json", "Expecting value"),
-    (b'{"amount": NaN}', "not_json", "NaN is not a JSON number"),
-    (b'{"ctx": {"x": -Infinity}}', "not_json", "-Infinity is not a JSON number"),
-    (b'{"id": 1, "e": inf}', "not_json", "Expecting value"),
-    (b'{"id": 01}', "not_json", "Expecting ',' delimiter"),
-    (b'{"name": "\\ud800"}', "not_json", "rejected by the JSON parser"),
-    (b"[1, 2]", "not_object", "an array"),
-    (b'"text"', "not_object", "a string"),
-    (b"42", "not_object", "a number"),
-    (b"null", "not_object", "null"),
-    (b'{"id": 1, "id": 2}', "duplicate_key", "key 'id' appears more than once"),
-    (b'{"ctx": 1, "n": {}, "n": 2}', "duplicate_key", "key 'n'"),
-]
-
-
-@pytest.mark.parametrize(("value", "reason", "detail"), BAD, ids=[f"{r}:{v!r:.30}"
-                                                                  for v, r, _ in BAD])
-def test_each_kind_of_bad_record_goes_to_the_dead_letter_table(
-    value: bytes | None, reason: str, detail: str
-) -> None:
-    """A bad record is neither dropped nor blocking: it lands in the dead-letter table with its
-    raw bytes, reason, topic, partition, offset, key and headers; its neighbours are rows."""
-    out = convert([GOOD[0], value, GOOD[1]], partition=4, first=100)
-    assert out.data.column("_kafka_offset").to_pylist() == [100, 102]
-    assert out.data.column("id").to_pylist() == [1, 2]
-    dead = out.dead_letters.to_pylist()
-    assert len(dead) == 1
-    assert dead[0]["_reason"] == reason
-    assert detail in dead[0]["_detail"]
-    identity = (dead[0]["_kafka_topic"], dead[0]["_kafka_partition"], dead[0]["_kafka_offset"])
-    assert identity == ("events", 4, 101)
-    assert dead[0]["_value"] == value
-    assert dead[0]["_kafka_key"] is None  # odd positions have no key in the fixture
-    assert dead[0]["_kafka_timestamp"].timestamp() * 1000 == 1_714_564_700_001
-    assert dead[0]["_ingested_at"].timestamp() * 1000 == SEALED_AT
-
-
-def test_values_that_only_look_suspect_stay_rows() -> None:
-    """Text mentioning NaN, info or a ',}' inside strings, whitespace around the object and
-    pretty-printed JSON are fine records, not dead letters."""
-    values = [
-        b'{"name": "NaN and Infinity, info", "ctx": {"note": "nan,}"}}',
-        b'  \n{"id": 3}\r\n ',
-        b'{\n  "id": 4,\n  "ctx": [\n    1\n  ]\n}',
-    ]
-    out = convert(values)
-    assert out.dead_letters.num_rows == 0
-    assert out.data.column("name").to_pylist() == ["NaN and Infinity, info", None, None]
-    assert out.data.column("ctx").to_pylist() == ['{"note":"nan,}"}', None, "[1]"]
-    assert out.data.column("id").to_pylist() == [None, 3, 4]
-
-
-def test_a_segment_of_only_bad_records_has_an_empty_data_table() -> None:
-    """When nothing decodes, the data table is empty (with the schema's columns) and every
-    record is a dead letter, in offset order."""
-    out = convert([None, b"x", b"[]"])
-    assert out.data.num_rows == 0
-    assert out.data.schema.names[:6] == list(SCHEMA.names)
-    assert out.dead_letters.column("_kafka_offset").to_pylist() == [0, 1, 2]
-    assert out.dead_letters.column("_reason").to_pylist() == ["tombstone", "not_json",
-                                                              "not_object"]
+# ------------------------------------------------------------------------------- footers
 
 
 def test_data_and_dead_letter_footers_together_cover_the_segment() -> None:
@@ -298,64 +223,7 @@ def test_data_and_dead_letter_footers_together_cover_the_segment() -> None:
     assert sorted(held) == [(0, 10), (0, 11), (0, 12), (0, 13), (2, 50), (2, 51), (2, 52)]
 
 
-# ------------------------------------------------------------------------------- rows
-
-
-def test_rows_keep_identity_and_timestamps_in_utc_milliseconds() -> None:
-    """_kafka_timestamp is the broker's time in ms (NULL when it gave none), _ingested_at the
-    seal time, _key and _headers the record's own."""
-    b = RecordColumns(["t"] * 2, [1, 1], [5, 6], [1_714_564_700_123, -1], [b"key", None],
-                      [GOOD[0], GOOD[1]], [[("a", b"1"), ("b", None)], None]).to_arrow()
-    out = Converter(1024, SCHEMA).convert([b], seal_of(b))
-    rows = out.data.select(METADATA_NAMES).to_pylist()
-    assert rows[0]["_kafka_timestamp"].isoformat() == "2024-05-01T11:58:20.123000+00:00"
-    assert rows[1]["_kafka_timestamp"] is None
-    assert {r["_ingested_at"].isoformat() for r in rows} == {"2024-05-01T12:00:00.123000+00:00"}
-    assert rows[0]["_kafka_key"] == b"key"
-    assert rows[0]["_kafka_headers"] == [{"key": "a", "value": b"1"},
-                                         {"key": "b", "value": None}]
-    assert (rows[1]["_kafka_key"], rows[1]["_kafka_headers"]) == (None, None)
-
-
-def test_values_are_typed_and_nested_values_are_json_text() -> None:
-    """Each column holds its type; a json column keeps the value's JSON text (minified, order
-    and nested nulls kept), strings are unescaped."""
-    out = convert([b'{"id": -7, "name": "q\\"\\u00e9\\n", "amount": 1e2, "ok": true,'
-                   b' "ctx": {"b": null, "a": [1.50, "x"]}}'])
-    row = out.data.to_pylist()[0]
-    assert (row["id"], row["name"], row["amount"], row["ok"]) == (-7, 'q"é\n', 100.0, True)
-    assert json.loads(row["ctx"]) == {"b": None, "a": [1.5, "x"]}
-    assert list(json.loads(row["ctx"])) == ["b", "a"]
-    assert row["_extra"] is None
-
-
 # ------------------------------------------------------------------------------- drift
-
-
-def test_a_new_field_goes_to_extra_with_its_json_value() -> None:
-    """A field the schema does not have lands in _extra (a JSON object), with nested values,
-    nulls and its order kept; rows without such fields have NULL there."""
-    out = convert([b'{"id": 1, "new": {"x": null}, "other": [1, "a"], "none": null}',
-                   b'{"id": 2}'])
-    extra = out.data.column("_extra").to_pylist()
-    assert extra[1] is None
-    assert json.loads(extra[0]) == {"new": {"x": None}, "other": [1, "a"], "none": None}
-    assert list(json.loads(extra[0])) == ["new", "other", "none"]
-    assert out.data.column("id").to_pylist() == [1, 2]
-
-
-def test_a_value_of_the_wrong_type_moves_to_extra_and_its_row_stays() -> None:
-    """Type drift mid-stream (a string or 1.5 in an int64 column, a number in a string column,
-    1 then 1.5 in float64 is fine) keeps the row: the column is NULL and the value sits in
-    _extra under its own name; cast_failures counts such values."""
-    out = convert([b'{"id": 1, "amount": 1}', b'{"id": 1.5, "amount": 1.5, "new": true}',
-                   b'{"id": "3", "name": 3, "ok": "yes", "at": 1714564800}'])
-    assert out.dead_letters.num_rows == 0
-    assert out.data.column("id").to_pylist() == [1, None, None]
-    assert out.data.column("amount").to_pylist() == [1.0, 1.5, None]
-    assert [json.loads(e) if e else None for e in out.data.column("_extra").to_pylist()] == [
-        None, {"new": True, "id": 1.5}, {"id": "3", "name": 3, "ok": "yes", "at": 1714564800}]
-    assert out.cast_failures == 5
 
 
 def test_pinned_files_of_a_drifting_stream_share_one_schema_and_read_as_one_table(
@@ -391,24 +259,3 @@ def test_pinned_files_of_a_drifting_stream_share_one_schema_and_read_as_one_tabl
     assert table.column("tags").to_pylist() == ['["x"]', "[]", None, '{"k":1}', None]
     assert [json.loads(e) if e else None for e in table.column("_extra").to_pylist()] == [
         None, None, {"colour": "red"}, {"id": "four", "name": 4}, None]
-
-
-def test_reserved_and_unusable_field_names_are_kept_in_extra() -> None:
-    """Payload fields named like the bridge's columns, the partition key or not usable as
-    BigQuery columns never become columns, and never overwrite the identity."""
-    out = convert([b'{"id": 1, "_kafka_offset": 99, "_extra": "mine", "dt": "x", "a-b": 2}'],
-                  schema=None)
-    row = out.data.to_pylist()[0]
-    assert row["_kafka_offset"] == 0
-    assert out.data.schema.names[:2] == ["id", "_extra"]
-    assert json.loads(row["_extra"]) == {"_kafka_offset": 99, "_extra": "mine", "dt": "x",
-                                         "a-b": 2}
-
-
-def test_an_empty_segment_converts_to_empty_tables() -> None:
-    """No records: both tables are empty and carry their full schemas."""
-    store = SchemaStore(SCHEMA)
-    out = Converter(1024, store).convert([], seal_of())
-    assert out.data.num_rows == 0
-    assert out.dead_letters.num_rows == 0
-    assert out.data.schema.names == [*SCHEMA.names, "_extra", *METADATA_NAMES]

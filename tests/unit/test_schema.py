@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from wal_bridge.cli import main
+from wal_bridge.conversion import Converter
 from wal_bridge.errors import ConfigError
-from wal_bridge.parquet import Converter
 from wal_bridge.schema import (
     PINNED_NAME,
     Field,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wal_bridge.parquet import Converted, Converter
+from wal_bridge.conversion import Converted, Converter
 from wal_bridge.schema import SchemaStore
 from wal_bridge.sealer import Sealer
 from wal_bridge.wal.codec import RecordColumns

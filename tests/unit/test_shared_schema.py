@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from tests.unit.test_schema import segment
 from wal_bridge.cli import main
 from wal_bridge.config import Destination
+from wal_bridge.conversion import Converter
 from wal_bridge.errors import SchemaConflictError, SinkError
-from wal_bridge.parquet import Converter
 from wal_bridge.schema import (
     PINNED_NAME,
     Field,

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from wal_bridge.config import Destination
+from wal_bridge.conversion import Converter
 from wal_bridge.errors import SinkError
-from wal_bridge.parquet import Converter
 from wal_bridge.sealer import Sealer
 from wal_bridge.sink import PutResult
 from wal_bridge.sink.local import LocalSink

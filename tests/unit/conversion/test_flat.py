@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_parquet import batch, seal_of
-from wal_bridge import parquet
+from wal_bridge import conversion
+from wal_bridge.conversion import Converted, Converter
 from wal_bridge.conversion.flat import read_flat
-from wal_bridge.parquet import Converted, Converter
 from wal_bridge.schema import Field, FieldType, PayloadSchema
 
 F = FieldType
@@ -33,12 +33,12 @@ def convert(values: Sequence[bytes], *, fast: bool, schema: PayloadSchema = FLAT
     converter = Converter(schema=schema)
     if fast:
         return converter.convert([b], seal_of(b))
-    original = parquet.read_flat
-    parquet.read_flat = lambda _schema, _text: None  # the general converter alone
+    original = conversion.read_flat
+    conversion.read_flat = lambda _schema, _text: None  # the general converter alone
     try:
         return converter.convert([b], seal_of(b))
     finally:
-        parquet.read_flat = original
+        conversion.read_flat = original
 
 
 def test_flat_well_typed_records_take_the_fast_path() -> None:
