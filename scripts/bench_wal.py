@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from scripts.bench_events import payloads
+from wal_bridge.config import Destination
 from wal_bridge.logs import configure
 from wal_bridge.wal.codec import RecordColumns
-from wal_bridge.wal.log import KeyPolicy, Wal
+from wal_bridge.wal.log import Wal
 
 PARTITIONS = 6
 TOPIC = "events-stream"
@@ -45,7 +46,7 @@ def log(message: str) -> None:
 
 
 def open_wal(root: Path, batch_size: int) -> Wal:
-    return Wal.open(root, keys=KeyPolicy("raw", "dead-letter"), batch_size=batch_size,
+    return Wal.open(root, keys=Destination("gs", "bucket", "raw"), batch_size=batch_size,
                     batch_timeout=3600.0, instance_id="bench")
 
 

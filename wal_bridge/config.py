@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -65,6 +66,18 @@ class Destination:
         outside the data prefix, so neither the external table nor a lifecycle rule on the
         data reaches it."""
         return f"_wal_bridge/{self.prefix}/schema.json"
+
+    def object_keys(self, sealed_at_ms: int, instance: str, seq: int) -> tuple[str, str]:
+        """The keys of segment ``seq``'s data and dead-letter files, fixed when it is sealed:
+        ``{prefix}/dt={YYYY-MM-DD}/{timestamp}-{instance}-{segment}.parquet`` (UTC, ms).
+
+        The date folder is named ``dt=YYYY-MM-DD``: BigQuery's hive partitioning (``{dt:DATE}``)
+        recognises a partition only in a ``key=value`` folder, and so do DuckDB and pyarrow.
+        """
+        when = datetime.fromtimestamp(sealed_at_ms / 1000, tz=UTC)
+        name = f"{when:%Y%m%dT%H%M%S}{sealed_at_ms % 1000:03d}Z-{instance}-{seq:010d}.parquet"
+        day = f"dt={when:%Y-%m-%d}"
+        return f"{self.prefix}/{day}/{name}", f"{self.dead_letter_prefix}/{day}/{name}"
 
     def url(self, key: str = "") -> str:
         if self.scheme == "gs":
@@ -304,14 +317,22 @@ SPECS: tuple[Spec, ...] = (
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
 
 
+def default(name: str) -> Any:
+    """The default of setting ``name``, parsed: :data:`SPECS` is the one place defaults are
+    written; :class:`Settings` and the library's own defaults (e.g. ``Wal.open``) take theirs
+    from here."""
+    spec = SPECS_BY_NAME[name]
+    return None if spec.default is None else spec.parse(spec.default)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the bridge needs to know, validated. Built by :func:`load_settings`."""
 
-    bootstrap_servers: str = "localhost:9092"
-    topics: tuple[str, ...] = ("events-stream",)
-    group_id: str = "wal-bridge"
-    security_protocol: str = "plaintext"
+    bootstrap_servers: str = default("bootstrap_servers")
+    topics: tuple[str, ...] = default("topics")
+    group_id: str = default("group_id")
+    security_protocol: str = default("security_protocol")
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: Secret | None = None
@@ -319,22 +340,22 @@ class Settings:
     ssl_certificate_location: Path | None = None
     ssl_key_location: Path | None = None
     ssl_key_password: Secret | None = None
-    batch_size: int = 5000
-    batch_timeout: float = 60.0
-    wal_dir: Path = Path("./wal")
-    wal_max_bytes: int = 1024**3
+    batch_size: int = default("batch_size")
+    batch_timeout: float = default("batch_timeout")
+    wal_dir: Path = default("wal_dir")  # noqa: RUF009 - parsed from SPECS once; immutable
+    wal_max_bytes: int = default("wal_max_bytes")
     destination: Destination | None = None
-    commit_policy: CommitPolicy = "wal"
-    shutdown_grace: float = 30.0
+    commit_policy: CommitPolicy = default("commit_policy")  # noqa: RUF009 - parsed from SPECS once; immutable
+    shutdown_grace: float = default("shutdown_grace")
     instance_id: str | None = None
-    metrics_port: int = 9464
-    log_level: str = "info"
-    log_format: LogFormat = "auto"
+    metrics_port: int = default("metrics_port")
+    log_level: str = default("log_level")
+    log_format: LogFormat = default("log_format")  # noqa: RUF009 - parsed from SPECS once; immutable
     google_credentials: Path | None = None
     storage_emulator_host: str | None = None
     schema_file: Path | None = None
-    max_record_bytes: int = 1024**2
-    failpoint: str = ""
+    max_record_bytes: int = default("max_record_bytes")
+    failpoint: str = default("failpoint")
 
     def require_destination(self) -> Destination:
         if self.destination is None:

@@ -14,12 +14,13 @@ from click.testing import CliRunner
 
 from wal_bridge.cli import main
 from wal_bridge.commands.inspect import inspect_wal, render
+from wal_bridge.config import Destination
 from wal_bridge.wal.codec import FrameKind, RecordColumns, encode_frame, encode_records
 from wal_bridge.wal.lock import lock_holder
-from wal_bridge.wal.log import KeyPolicy, Wal
+from wal_bridge.wal.log import Wal
 from wal_bridge.wal.segment import iter_frames
 
-KEYS = KeyPolicy("raw", "dead-letter")
+KEYS = Destination("gs", "bucket", "raw")
 NOW = 1_795_000_000_000
 
 

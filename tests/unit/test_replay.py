@@ -13,12 +13,13 @@ from click.testing import CliRunner
 from wal_bridge.cli import main
 from wal_bridge.commands.common import PartitionOffsets
 from wal_bridge.commands.replay import missing_runs, plan_quarantined, split_need
+from wal_bridge.config import Destination
 from wal_bridge.wal.codec import RecordColumns
-from wal_bridge.wal.log import KeyPolicy, Wal
 from wal_bridge.wal.layout import WalLayout
+from wal_bridge.wal.log import Wal
 from wal_bridge.wal.segment import Range, iter_frames, salvage
 
-KEYS = KeyPolicy("raw", "dead-letter")
+KEYS = Destination("gs", "bucket", "raw")
 
 
 def batch(partition: int, first: int, count: int):  # type: ignore[no-untyped-def]

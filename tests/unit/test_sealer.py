@@ -11,11 +11,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from wal_bridge.config import Destination
 from wal_bridge.conversion import Converted, Converter
 from wal_bridge.schema import SchemaStore
 from wal_bridge.sealer import Sealer
 from wal_bridge.wal.codec import RecordColumns
-from wal_bridge.wal.log import KeyPolicy, Wal
+from wal_bridge.wal.log import Wal
 from wal_bridge.wal.segment import SealInfo
 
 
@@ -44,7 +45,7 @@ def test_two_threads_convert_every_segment_exactly_once(tmp_path: Path) -> None:
     """Threads stepping the same sealer claim different segments: 12 segments, 12 conversions,
     each Parquet file holds its segment, and both threads pinned one schema between them."""
     root = tmp_path / "wal"
-    wal = Wal.open(root, keys=KeyPolicy("raw", "dead-letter"), batch_size=5)
+    wal = Wal.open(root, keys=Destination("gs", "bucket", "raw"), batch_size=5)
     for first in range(0, 60, 5):
         wal.append(batch(first, 5))
     store = SchemaStore.open(root)

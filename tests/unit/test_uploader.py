@@ -17,7 +17,7 @@ from wal_bridge.sink import PutResult
 from wal_bridge.sink.local import LocalSink
 from wal_bridge.uploader import Uploader
 from wal_bridge.wal.codec import RecordColumns
-from wal_bridge.wal.log import KeyPolicy, Wal
+from wal_bridge.wal.log import Wal
 
 
 class FailingSink(LocalSink):
@@ -46,7 +46,7 @@ def values_batch(values: list[bytes | None], first: int = 0):  # type: ignore[no
 
 
 def pipeline(tmp_path: Path, sink: LocalSink, batch_size: int = 4):  # type: ignore[no-untyped-def]
-    wal = Wal.open(tmp_path / "wal", keys=KeyPolicy("raw", "dead-letter"), batch_size=batch_size)
+    wal = Wal.open(tmp_path / "wal", keys=Destination("gs", "bucket", "raw"), batch_size=batch_size)
     sealer = Sealer(wal, Converter.open(1024, tmp_path / "wal", None))
     halt = threading.Event()
     uploader = Uploader(wal, sink, halt, initial_backoff=0.01, max_backoff=0.02, stuck_retry=0.0)

@@ -31,13 +31,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
 from wal_bridge import durable
+from wal_bridge.config import default
 from wal_bridge.errors import CorruptionError, DiskFullError, WalBridgeError, WalFatalError
 from wal_bridge.failpoints import DISARMED, Failpoints
 from wal_bridge.logs import get_logger
@@ -75,22 +75,13 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class KeyPolicy:
-    """Object keys, fixed at seal time: ``{prefix}/dt={date}/{timestamp}-{instance}-{segment}``.
+class KeyPolicy(Protocol):
+    """Where a segment's files will go, asked once, at seal time, and kept in its seal frame
+    (so converting again gives the same names): :class:`wal_bridge.config.Destination`."""
 
-    The date folder is named ``dt=YYYY-MM-DD``: BigQuery's hive partitioning (``{dt:DATE}``)
-    recognises a partition only in a ``key=value`` folder, and so do DuckDB and pyarrow.
-    """
-
-    def __init__(self, prefix: str, dead_letter_prefix: str) -> None:
-        self.prefix = prefix.strip("/")
-        self.dead_letter_prefix = dead_letter_prefix.strip("/")
-
-    def keys(self, sealed_at_ms: int, instance: str, seq: int) -> tuple[str, str]:
-        when = datetime.fromtimestamp(sealed_at_ms / 1000, tz=UTC)
-        name = f"{when:%Y%m%dT%H%M%S}{sealed_at_ms % 1000:03d}Z-{instance}-{seq:010d}.parquet"
-        day = f"dt={when:%Y-%m-%d}"
-        return f"{self.prefix}/{day}/{name}", f"{self.dead_letter_prefix}/{day}/{name}"
+    def object_keys(self, sealed_at_ms: int, instance: str, seq: int) -> tuple[str, str]:
+        """The keys of the segment's data file and of its dead-letter file."""
+        ...
 
 
 class Wal:
@@ -141,15 +132,16 @@ class Wal:
         root: Path,
         *,
         keys: KeyPolicy,
-        batch_size: int = 5000,
-        batch_timeout: float = 60.0,
+        batch_size: int = default("batch_size"),
+        batch_timeout: float = default("batch_timeout"),
         instance_id: str | None = None,
         failpoints: Failpoints = DISARMED,
         now_ms: Callable[[], int] = _now_ms,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> Wal:
         """Lock ``root``, fix the instance identity and recover whatever a crash left: every
-        segment a crash left open is sealed before this returns."""
+        segment a crash left open is sealed before this returns. ``keys`` names the objects
+        of each segment sealed (the destination); the batch defaults are the settings'."""
         for directory in WalLayout(root).directories:
             directory.mkdir(parents=True, exist_ok=True)
         lock = WalLock.acquire(root)
@@ -346,7 +338,7 @@ class Wal:
         if self._active_fd is None:  # recovered open segment: reopen for the seal frame
             self._active_fd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
         sealed_at = self._now_ms()
-        key, dead_key = self.keys.keys(sealed_at, self.instance_id, active.seq)
+        key, dead_key = self.keys.object_keys(sealed_at, self.instance_id, active.seq)
         info = SealInfo(active.seq, self.instance_id, key, dead_key, sealed_at, active.records,
                         dict(active.ranges))
         size = active.bytes

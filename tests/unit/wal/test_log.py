@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from wal_bridge.config import Destination
 from wal_bridge.errors import ConfigError, WalLockedError
 from wal_bridge.wal.codec import SEGMENT_HEADER_SIZE, RecordColumns
-from wal_bridge.wal.log import KeyPolicy, Wal
+from wal_bridge.wal.log import Wal
 from wal_bridge.wal.segment import Range, scan
 
-KEYS = KeyPolicy("raw", "dead-letter")
+KEYS = Destination("gs", "bucket", "raw")
 
 
 class Clock:
