@@ -1,7 +1,9 @@
-"""Fixtures for tests against real services: Kafka (KRaft), fake-gcs-server, Toxiproxy.
+"""Fixtures for tests against real services: Kafka (KRaft), fake-gcs-server, Toxiproxy, and
+bigquery-emulator.
 
 Session fixtures start a service the first time a test asks for it, so tests/unit/ never starts
-anything. A service named by WAL_BRIDGE_TEST_KAFKA / _GCS / _TOXIPROXY is used as it is instead.
+anything. A service named by WAL_BRIDGE_TEST_KAFKA / _GCS / _TOXIPROXY / _BIGQUERY is used as it
+is instead.
 A provisioning or start-up failure fails the test (never a skip: CI must notice).
 
 - ``kafka``: ``.bootstrap``, ``.cluster_id``, ``.managed``, ``.create_topic(name, partitions=3)``,
@@ -11,6 +13,8 @@ A provisioning or start-up failure fails the test (never a skip: CI must notice)
 - ``gcs``: ``.url`` (for STORAGE_EMULATOR_HOST), ``.create_bucket(name=None) -> name``,
   ``.client(url=None) -> google.cloud.storage.Client`` (``url``: e.g. a proxy in front of it).
 - ``toxiproxy``: ``ToxiproxyClient``; toxics are reset and its proxies deleted after each test.
+- ``bigquery``: ``.url``, ``.project``, ``.client() -> google.cloud.bigquery.Client``; its load
+  jobs read ``gs://`` from the ``gcs`` emulator.
 - ``topic``: a fresh 3-partition topic; ``bucket``: a fresh bucket.
 
 Nothing here sets environment variables: tests hand STORAGE_EMULATOR_HOST to subprocesses.
@@ -29,6 +33,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from scripts import services  # importable through pytest's `pythonpath = ["."]`
+from scripts.services import bigquery as bigquery_service
 from scripts.services import gcs as gcs_service
 from scripts.services import kafka as kafka_service
 from scripts.services import toxiproxy as toxiproxy_service
@@ -144,6 +149,28 @@ class GcsHandle:
         )
 
 
+class BigQueryHandle:
+    """The session's BigQuery emulator as tests see it."""
+
+    def __init__(
+        self, emulator: bigquery_service.BigQueryEmulator | bigquery_service.ExternalBigQuery
+    ) -> None:
+        self.url = emulator.url
+        self.project = emulator.project
+        self.managed = emulator.managed
+
+    def client(self) -> Any:
+        """A ``google.cloud.bigquery.Client`` for the emulator, anonymous (imported here, so
+        tests that never query BigQuery do not pay for the import)."""
+        from google.cloud import bigquery
+
+        return bigquery.Client(
+            project=self.project,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options={"api_endpoint": self.url},
+        )
+
+
 # Session fixtures that were set up, so per-test healing only touches what exists.
 _ACTIVE: dict[str, Any] = {}
 
@@ -230,6 +257,33 @@ def toxiproxy() -> Iterator[toxiproxy_service.ToxiproxyClient]:
     finally:
         _ACTIVE.pop("toxiproxy", None)
         server.close()
+
+
+@pytest.fixture(scope="session")
+def bigquery(gcs: GcsHandle) -> Iterator[BigQueryHandle]:
+    """The session's BigQuery emulator (harness-run, or WAL_BRIDGE_TEST_BIGQUERY), reading
+    ``gs://`` from the session's GCS emulator."""
+    address = services.external("bigquery")
+    if address:
+        yield BigQueryHandle(bigquery_service.ExternalBigQuery(address))
+        return
+
+    def make() -> bigquery_service.BigQueryEmulator:
+        emulator = bigquery_service.BigQueryEmulator(
+            bigquery_service.provision(services.cache_root()), storage_emulator_host=gcs.url
+        )
+        try:
+            emulator.start()
+        except BaseException:
+            emulator.close()
+            raise
+        return emulator
+
+    emulator = _start("BigQuery emulator", make)
+    try:
+        yield BigQueryHandle(emulator)
+    finally:
+        emulator.close()
 
 
 @pytest.fixture(autouse=True)

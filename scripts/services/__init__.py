@@ -1,4 +1,5 @@
-"""Real services for wal-bridge's tests and for a developer: Kafka, a GCS emulator, Toxiproxy.
+"""Real services for wal-bridge's tests and for a developer: Kafka, a GCS emulator, Toxiproxy,
+a BigQuery emulator.
 
 Used by ``tests/conftest.py`` (session fixtures) and by ``python -m scripts.services``
 (``scripts/dev-services``, ``scripts/test``). Standard library only, so it runs on the system
@@ -10,6 +11,8 @@ against the compose stack; nothing is provisioned or started for it then:
 - ``WAL_BRIDGE_TEST_KAFKA``: bootstrap servers (``127.0.0.1:9092``)
 - ``WAL_BRIDGE_TEST_GCS``: emulator URL (``http://127.0.0.1:4443``)
 - ``WAL_BRIDGE_TEST_TOXIPROXY``: Toxiproxy API URL (``http://127.0.0.1:8474``)
+- ``WAL_BRIDGE_TEST_BIGQUERY``: BigQuery emulator URL (``http://127.0.0.1:9050``), started with
+  ``--project test`` and ``STORAGE_EMULATOR_HOST`` set to the GCS emulator above
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from . import gcs, kafka, toxiproxy
+from . import bigquery, gcs, kafka, toxiproxy
 from .cache import cache_root, log
 from .errors import (
     NotManagedError,
@@ -34,9 +37,11 @@ from .errors import (
 KAFKA_ENV = "WAL_BRIDGE_TEST_KAFKA"
 GCS_ENV = "WAL_BRIDGE_TEST_GCS"
 TOXIPROXY_ENV = "WAL_BRIDGE_TEST_TOXIPROXY"
-SERVICES = ("kafka", "gcs", "toxiproxy")
+BIGQUERY_ENV = "WAL_BRIDGE_TEST_BIGQUERY"
+SERVICES = ("kafka", "gcs", "toxiproxy", "bigquery")
 
 __all__ = [
+    "BIGQUERY_ENV",
     "GCS_ENV",
     "KAFKA_ENV",
     "SERVICES",
@@ -48,6 +53,7 @@ __all__ = [
     "SetupError",
     "StartError",
     "ToolMissingError",
+    "bigquery",
     "cache_root",
     "external",
     "gcs",
@@ -59,7 +65,12 @@ __all__ = [
 
 def external(service: str, env: Mapping[str, str] | None = None) -> str | None:
     """The address the environment gives for ``service``, or None if the harness runs it."""
-    variable = {"kafka": KAFKA_ENV, "gcs": GCS_ENV, "toxiproxy": TOXIPROXY_ENV}[service]
+    variable = {
+        "kafka": KAFKA_ENV,
+        "gcs": GCS_ENV,
+        "toxiproxy": TOXIPROXY_ENV,
+        "bigquery": BIGQUERY_ENV,
+    }[service]
     value = (os.environ if env is None else env).get(variable, "").strip()
     return value or None
 
@@ -69,7 +80,8 @@ def provision_all(
 ) -> float:
     """Fill the cache for every service in ``services`` that the environment does not name.
 
-    Maven and the Go builds run side by side (one is network-bound, the other CPU-bound).
+    Maven and the Go builds run side by side (one is network-bound, the other CPU-bound); the
+    Go builds run one after the other, the BigQuery emulator's (minutes, GiBs) last.
     Returns the seconds it took. Raises one SetupError that names every missing tool or failed
     step when all failures are of that kind (say, no `mvn` and no `go`).
     """
@@ -82,6 +94,8 @@ def provision_all(
             gcs.provision(root)
         if "toxiproxy" in wanted:
             toxiproxy.provision(root)
+        if "bigquery" in wanted:
+            bigquery.provision(root)
 
     def kafka_jars() -> None:
         kafka.require_java()

@@ -5,6 +5,7 @@ Layout under ``$WAL_BRIDGE_CACHE`` (default ``~/.cache/wal-bridge``)::
     kafka-4.1.1/libs/*.jar          broker jars resolved by Maven
     bin/fake-gcs-server-v1.56.1     built with `go install`
     bin/toxiproxy-server-v2.12.0
+    bin/bigquery-emulator-v0.8.1
     run/                            state of `scripts/dev-services up`
     .lock-<artifact>                one flock per artifact
 
@@ -127,20 +128,57 @@ GO_INSTALL_HINT = (
 )
 
 
-def go_binary(root: Path, package: str, version: str, built_name: str, name: str) -> Path:
-    """Build ``package@version`` with `go install` into ``bin/{name}-{version}``."""
+def go_binary(
+    root: Path,
+    package: str,
+    version: str,
+    built_name: str,
+    name: str,
+    *,
+    module: str | None = None,
+    flags: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Path:
+    """Build ``package@version`` with `go install` into ``bin/{name}-{version}``.
+
+    ``module``: build inside a scratch module instead, one that requires ``module version``
+    and nothing else (`go mod tidy`, then `go build`); the same dependency versions, but it
+    never asks the module proxy for the module's version list, which `go install pkg@version`
+    does (for a deprecation notice) and which a proxy may refuse. ``flags``: extra build flags
+    (``-p 1``); ``env``: extra variables for the build (``GOGC``), over CGO_ENABLED=0.
+    """
     final = root / "bin" / f"{name}-{version}"
+    what = f"{name} {version} (go {'build' if module else 'install'} {package}@{version})"
 
     def find_go() -> str:
         return require_tool("go", f"once to build {name} {version} into {root}", GO_INSTALL_HINT)
 
     def build(tmp: Path) -> None:
-        run_tool(
-            [find_go(), "install", f"{package}@{version}"],
-            f"{name} {version} (go install {package}@{version})",
-            cwd=tmp,
-            env={"GOBIN": str(tmp), "CGO_ENABLED": "0"},
+        build_env = {"CGO_ENABLED": "0", **(env or {})}
+        if module is None:
+            run_tool(
+                [find_go(), "install", *flags, f"{package}@{version}"],
+                what,
+                cwd=tmp,
+                env={"GOBIN": str(tmp), **build_env},
+            )
+            os.replace(tmp / built_name, tmp / final.name)
+            return
+        scratch = tmp / "module"
+        scratch.mkdir()
+        (scratch / "go.mod").write_text(
+            f"module wal-bridge/build/{name}\n\ngo 1.21\n\nrequire {module} {version}\n"
         )
-        os.replace(tmp / built_name, tmp / final.name)
+        # The one import that makes `go mod tidy` keep the requirement and fill go.sum.
+        (scratch / "tools.go").write_text(
+            f'//go:build tools\n\npackage tools\n\nimport _ "{package}"\n'
+        )
+        run_tool([find_go(), "mod", "tidy"], what, cwd=scratch, env=build_env)
+        run_tool(
+            [find_go(), "build", *flags, "-o", str(tmp / final.name), package],
+            what,
+            cwd=scratch,
+            env=build_env,
+        )
 
     return ensure_artifact(root, final, f"{name} {version}", build, preflight=find_go)

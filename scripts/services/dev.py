@@ -1,6 +1,7 @@
 """`scripts/dev-services up|status|down`: the services in the background, for a person.
 
-``up`` starts Kafka, the GCS emulator and Toxiproxy detached from the terminal, under
+``up`` starts Kafka, the GCS emulator, Toxiproxy and the BigQuery emulator (reading ``gs://``
+from that GCS emulator) detached from the terminal, under
 ``run/`` in the cache, creates the default topic and a bucket, and records pids, ports and
 logs in ``run/state.json``. ``status`` reads that file and checks each process; ``down`` stops
 them and removes ``run/``.
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import gcs, kafka, provision_all, toxiproxy
+from . import bigquery, gcs, kafka, provision_all, toxiproxy
 from .cache import cache_root, locked, log
 from .errors import ServiceError
 from .procs import pid_alive, port_open, stop_pid
@@ -66,11 +67,18 @@ def _exports(services: list[Running]) -> str:
         "# to run the tests against these instead of starting their own:\n"
         f"export WAL_BRIDGE_TEST_KAFKA={by_name['kafka']} WAL_BRIDGE_TEST_GCS={by_name['gcs']} "
         f"WAL_BRIDGE_TEST_TOXIPROXY={by_name['toxiproxy']}"
+        # state written by an `up` from before the BigQuery emulator has no such entry
+        + (f" WAL_BRIDGE_TEST_BIGQUERY={by_name['bigquery']}" if "bigquery" in by_name else "")
     )
 
 
 def _show(services: list[Running]) -> bool:
-    labels = {"kafka": "Kafka 4.1.1 (KRaft)", "gcs": "GCS emulator", "toxiproxy": "Toxiproxy API"}
+    labels = {
+        "kafka": "Kafka 4.1.1 (KRaft)",
+        "gcs": "GCS emulator",
+        "toxiproxy": "Toxiproxy API",
+        "bigquery": "BigQuery emulator",
+    }
     all_up = True
     for service in services:
         up = _is_up(service)
@@ -83,8 +91,16 @@ def _show(services: list[Running]) -> bool:
     return all_up
 
 
-def up(kafka_port: int, gcs_port: int, toxiproxy_port: int, topic: str, bucket: str) -> int:
-    """Start the three services detached; print where they are and the export lines."""
+def up(
+    kafka_port: int,
+    gcs_port: int,
+    toxiproxy_port: int,
+    topic: str,
+    bucket: str,
+    *,
+    bigquery_port: int = 0,
+) -> int:
+    """Start the four services detached; print where they are and the export lines."""
     root = cache_root()
     with locked(root, "run"):
         existing = _load()
@@ -120,6 +136,15 @@ def up(kafka_port: int, gcs_port: int, toxiproxy_port: int, topic: str, bucket: 
             )
             proxy.start()
             started.append(_running("toxiproxy", proxy, proxy.url, "toxiproxy-server"))
+            warehouse = bigquery.BigQueryEmulator(
+                bigquery.provision(root),
+                run / "bigquery",
+                storage_emulator_host=emulator.url,
+                port=bigquery_port,
+                detached=True,
+            )
+            warehouse.start()
+            started.append(_running("bigquery", warehouse, warehouse.url, "bigquery-emulator"))
         except BaseException:
             _stop(started)
             shutil.rmtree(run, ignore_errors=True)

@@ -7,6 +7,7 @@ Or point the tests at services that are already running (the compose stack, for 
   WAL_BRIDGE_TEST_KAFKA=127.0.0.1:9092           Kafka bootstrap servers
   WAL_BRIDGE_TEST_GCS=http://127.0.0.1:4443      GCS emulator URL
   WAL_BRIDGE_TEST_TOXIPROXY=http://127.0.0.1:8474  Toxiproxy API URL
+  WAL_BRIDGE_TEST_BIGQUERY=http://127.0.0.1:9050   BigQuery emulator URL
 Nothing is provisioned for a service named that way."""
 
 

@@ -80,11 +80,19 @@ def _die_with_parent() -> Callable[[], None] | None:
 class ServiceProcess:
     """One child process with its log, started attached (tests) or detached (dev-services)."""
 
-    def __init__(self, name: str, cmd: list[str], log_path: Path, detached: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        log_path: Path,
+        detached: bool,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.cmd = cmd
         self.log_path = log_path
         self.detached = detached
+        self.env = env or {}
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -101,6 +109,7 @@ class ServiceProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env} if self.env else None,
                 start_new_session=self.detached,
                 preexec_fn=hook,  # noqa: PLW1509 (see above)
             )
@@ -201,10 +210,16 @@ class LoopbackServer:
         self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.log_path = self.workdir / f"{self.name}.log"
-        self._process = ServiceProcess(self.name, self.command(binary), self.log_path, detached)
+        self._process = ServiceProcess(
+            self.name, self.command(binary), self.log_path, detached, self.environment()
+        )
 
     def command(self, binary: Path) -> list[str]:
         raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        """Variables to set for the process, over the inherited environment."""
+        return {}
 
     def ready(self) -> bool:
         raise NotImplementedError
