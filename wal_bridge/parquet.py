@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from wal_bridge.schema import (
     DEAD_LETTER_COLUMNS,
@@ -77,7 +76,21 @@ DEAD_LETTER_SCHEMA = pa.schema(
      *(pa.field(name, kind) for name, kind in zip(
          DEAD_LETTER_COLUMNS, (pa.binary(), pa.string(), pa.string()), strict=True))]
 )
-SCHEMA_KEY = "wal_bridge.schema"
+
+# The footer's key-value metadata (docs/schema.md, "Footer metadata"): what a file
+# holds ...
+FORMAT_KEY = "wal_bridge.format"  # FORMAT_VERSION
+KIND_KEY = "wal_bridge.kind"  # DATA_KIND or DEAD_LETTER_KIND
+SCHEMA_KEY = "wal_bridge.schema"  # the payload schema, compact (data files only)
+RECORDS_KEY = "wal_bridge.records"  # this file's rows
+RANGES_KEY = "wal_bridge.ranges"  # this file's offsets: JSON list of per-partition ranges
+# ... and what its segment held, so that a segment's two files can be checked together.
+SEGMENT_KEY = "wal_bridge.segment"
+INSTANCE_KEY = "wal_bridge.instance"
+SEALED_AT_KEY = "wal_bridge.sealed_at_ms"
+SEGMENT_RECORDS_KEY = "wal_bridge.segment_records"
+SEGMENT_RANGES_KEY = "wal_bridge.segment_ranges"
+DATA_KIND, DEAD_LETTER_KIND = "data", "dead_letter"
 
 
 def data_schema(payload: PayloadSchema | None) -> pa.Schema:
@@ -94,9 +107,9 @@ def data_schema(payload: PayloadSchema | None) -> pa.Schema:
 def footer_metadata(seal: SealInfo, table: pa.Table) -> dict[str, str]:
     """The key-value metadata of a file: what it holds and what its segment held.
 
-    ``wal_bridge.records`` and ``wal_bridge.ranges`` describe this file's rows; the
-    ``wal_bridge.segment_*`` keys describe the whole segment, so that the data file and the
-    dead-letter file of a segment can be checked against each other from footers alone.
+    RECORDS_KEY and RANGES_KEY describe this file's rows; the SEGMENT_* keys describe the whole
+    segment, so that the data file and the dead-letter file of a segment can be checked against
+    each other from footers alone.
     """
     # A file holding every record of its segment has the segment's ranges (the usual case).
     ranges = seal.ranges if table.num_rows == seal.records else batch_ranges(
@@ -108,17 +121,17 @@ def footer_metadata(seal: SealInfo, table: pa.Table) -> dict[str, str]:
             }
         )
     ) if table.num_rows else {}
-    kind = "dead_letter" if "_reason" in table.column_names else "data"
+    kind = DEAD_LETTER_KIND if "_reason" in table.column_names else DATA_KIND
     return {
-        "wal_bridge.format": FORMAT_VERSION,
-        "wal_bridge.kind": kind,
-        "wal_bridge.segment": str(seal.segment),
-        "wal_bridge.instance": seal.instance,
-        "wal_bridge.sealed_at_ms": str(seal.sealed_at_ms),
-        "wal_bridge.records": str(table.num_rows),
-        "wal_bridge.ranges": json.dumps(ranges_to_json(ranges)),
-        "wal_bridge.segment_records": str(seal.records),
-        "wal_bridge.segment_ranges": json.dumps(ranges_to_json(seal.ranges)),
+        FORMAT_KEY: FORMAT_VERSION,
+        KIND_KEY: kind,
+        SEGMENT_KEY: str(seal.segment),
+        INSTANCE_KEY: seal.instance,
+        SEALED_AT_KEY: str(seal.sealed_at_ms),
+        RECORDS_KEY: str(table.num_rows),
+        RANGES_KEY: json.dumps(ranges_to_json(ranges)),
+        SEGMENT_RECORDS_KEY: str(seal.records),
+        SEGMENT_RANGES_KEY: json.dumps(ranges_to_json(seal.ranges)),
     }
 
 
@@ -144,6 +157,8 @@ def dictionary_columns(table: pa.Table) -> list[str]:
 def write_table(table: pa.Table, sink: Any, metadata: dict[str, str]) -> None:
     """Encode ``table`` as Snappy Parquet into ``sink`` (a file object or path), with
     ``metadata`` added to the footer's key-value metadata."""
+    import pyarrow.parquet as pq  # local: reading the key names above needs no Parquet library
+
     merged = {**(table.schema.metadata or {}), **{k.encode(): v.encode()
                                                    for k, v in metadata.items()}}
     pq.write_table(table.replace_schema_metadata(merged), sink, compression="snappy",
@@ -156,3 +171,10 @@ def write_parquet(table: pa.Table, path: Path, metadata: dict[str, str]) -> None
         write_table(table, handle, metadata)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def row_count(path: Path) -> int:
+    """The number of rows of the Parquet file at ``path``, from its footer alone."""
+    import pyarrow.parquet as pq
+
+    return int(pq.read_metadata(path).num_rows)

@@ -45,10 +45,12 @@ from wal_bridge.commands.common import (
 )
 from wal_bridge.config import Settings
 from wal_bridge.errors import KafkaUnavailable
+from wal_bridge.parquet import INSTANCE_KEY, RANGES_KEY, SEGMENT_KEY
 from wal_bridge.sink import ObjectInfo, Sink, open_sink
 
 FOOTER_TAIL = 64 * 1024  # one ranged read fetches the whole footer of nearly every file
-RANGES_KEY = b"wal_bridge.ranges"
+# The footer keys read here, as a footer's metadata holds them (bytes).
+RANGES, INSTANCE, SEGMENT = (k.encode() for k in (RANGES_KEY, INSTANCE_KEY, SEGMENT_KEY))
 TP = tuple[str, int]
 
 
@@ -113,15 +115,15 @@ def read_footer(sink: Sink, obj: ObjectInfo) -> dict[bytes, bytes] | None:
 
 def pieces_of(key: str, kind: str, footer: dict[bytes, bytes]) -> list[Piece] | None:
     """The pieces a footer describes; None when the file is not one of the bridge's."""
-    raw = footer.get(RANGES_KEY)
+    raw = footer.get(RANGES)
     if raw is None:
         return None
     try:
         ranges = json.loads(raw)
     except ValueError:
         return None
-    segment = (f"{footer.get(b'wal_bridge.instance', b'?').decode(errors='replace')}/"
-               f"{footer.get(b'wal_bridge.segment', key.encode()).decode(errors='replace')}")
+    segment = (f"{footer.get(INSTANCE, b'?').decode(errors='replace')}/"
+               f"{footer.get(SEGMENT, key.encode()).decode(errors='replace')}")
     return [Piece(key, kind, segment, str(r["topic"]), int(r["partition"]),
                   int(r["first_offset"]), int(r["last_offset"]), int(r["records"]))
             for r in ranges]
