@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 from wal_bridge import durable
+from wal_bridge.conversion import Converter
 from wal_bridge.errors import CorruptionError, DiskFullError
 from wal_bridge.logs import RateLimited, get_logger
 from wal_bridge.metrics import Metrics
-from wal_bridge.parquet import Converter, footer_metadata, write_parquet
+from wal_bridge.parquet import footer_metadata, write_parquet
 from wal_bridge.wal.log import Wal
 from wal_bridge.wal.segment import Segment, read_sealed
 

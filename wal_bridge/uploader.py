@@ -12,7 +12,6 @@ import threading
 import time
 from typing import Any
 
-import pyarrow.parquet as pq
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -24,6 +23,7 @@ from tenacity import (
 from wal_bridge.errors import ObjectConflictError, SinkError
 from wal_bridge.logs import get_logger
 from wal_bridge.metrics import Metrics
+from wal_bridge.parquet import row_count
 from wal_bridge.sink import PutResult, Sink
 from wal_bridge.wal.log import Wal
 from wal_bridge.wal.segment import Segment
@@ -103,7 +103,7 @@ class Uploader:
             data = self.wal.parquet_path(segment.seq)
             # A segment of dead letters only has no data rows: an empty file would only give
             # schema detection (BigQuery's, DuckDB's) a table without the payload's columns.
-            result = self._put(seal.key, data) if pq.read_metadata(data).num_rows else None
+            result = self._put(seal.key, data) if row_count(data) else None
         except SinkError as exc:
             if exc.transient:  # only when halted mid-retry: leave it for later
                 return False
