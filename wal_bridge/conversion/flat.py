@@ -4,8 +4,8 @@ Most segments hold records that are exactly what the schema says: every key is a
 value has its column's type, no field holds nested JSON. For those, Arrow's JSON reader (C++,
 one pass, no Python per record) gives the typed columns directly, and ``_extra`` is NULL in
 every row. :func:`read_flat` reads a segment that way, or returns None as soon as anything is
-not that simple, and the caller runs the general converter (:mod:`wal_bridge.parquet`), which
-also says, row by row, what went where and why.
+not that simple, and the caller runs the general converter
+(:mod:`wal_bridge.conversion.general`), which also says, row by row, what went where and why.
 
 It never guesses: it answers only when its result is, row for row, what the general converter
 gives, and tests/unit/conversion/test_flat.py checks exactly that over generated segments. What
