@@ -1,7 +1,8 @@
 """bigquery-emulator v0.8.1: BigQuery's REST API and GoogleSQL, run on a free loopback port.
 
 Built from its Go module like fake-gcs-server (pure Go at v0.8.1: the GoogleSQL analyzer is
-WebAssembly translated to Go and SQLite is modernc.org/sqlite, so no cgo and no C++ toolchain;
+WebAssembly translated to Go, SQLite is github.com/ncruces/go-sqlite3's WebAssembly build, and
+JavaScript UDFs run in modernc.org/quickjs, so no cgo and no C++ toolchain;
 its go.mod has no ``replace``). It is built in a scratch module (see ``cache.go_binary``)
 rather than with `go install ...@v0.8.1`, which asks the module proxy for the module's version
 list and fails where the proxy refuses that. The build is long and large once (BUILD_FLAGS);
