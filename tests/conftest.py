@@ -26,7 +26,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pytest
 from google.auth.credentials import AnonymousCredentials
@@ -62,6 +62,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         elif path.is_relative_to(tests / "chaos"):
             item.add_marker(pytest.mark.chaos)
+
+
+class _Server(Protocol):
+    def start(self) -> object: ...
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+def _launched(server: S) -> S:
+    """Start ``server``, closing it again when it does not come up."""
+    try:
+        server.start()
+    except BaseException:
+        server.close()
+        raise
+    return server
 
 
 def _start(what: str, make: Callable[[], T]) -> T:
@@ -186,13 +204,7 @@ def kafka() -> Iterator[KafkaHandle]:
         return
 
     def make() -> kafka_service.KafkaBroker:
-        broker = kafka_service.KafkaBroker(kafka_service.provision(services.cache_root()))
-        try:
-            broker.start()
-        except BaseException:
-            broker.close()
-            raise
-        return broker
+        return _launched(kafka_service.KafkaBroker(kafka_service.provision(services.cache_root())))
 
     broker = _start("Kafka", make)
     handle = KafkaHandle(broker)
@@ -213,13 +225,7 @@ def gcs() -> Iterator[GcsHandle]:
         return
 
     def make() -> gcs_service.FakeGcs:
-        emulator = gcs_service.FakeGcs(gcs_service.provision(services.cache_root()))
-        try:
-            emulator.start()
-        except BaseException:
-            emulator.close()
-            raise
-        return emulator
+        return _launched(gcs_service.FakeGcs(gcs_service.provision(services.cache_root())))
 
     emulator = _start("GCS emulator", make)
     try:
@@ -239,15 +245,9 @@ def toxiproxy() -> Iterator[toxiproxy_service.ToxiproxyClient]:
         return
 
     def make() -> toxiproxy_service.ToxiproxyServer:
-        server = toxiproxy_service.ToxiproxyServer(
+        return _launched(toxiproxy_service.ToxiproxyServer(
             toxiproxy_service.provision(services.cache_root())
-        )
-        try:
-            server.start()
-        except BaseException:
-            server.close()
-            raise
-        return server
+        ))
 
     server = _start("Toxiproxy", make)
     client = toxiproxy_service.ToxiproxyClient(server.url)
@@ -269,15 +269,9 @@ def bigquery(gcs: GcsHandle) -> Iterator[BigQueryHandle]:
         return
 
     def make() -> bigquery_service.BigQueryEmulator:
-        emulator = bigquery_service.BigQueryEmulator(
+        return _launched(bigquery_service.BigQueryEmulator(
             bigquery_service.provision(services.cache_root()), storage_emulator_host=gcs.url
-        )
-        try:
-            emulator.start()
-        except BaseException:
-            emulator.close()
-            raise
-        return emulator
+        ))
 
     emulator = _start("BigQuery emulator", make)
     try:

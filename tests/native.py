@@ -248,6 +248,19 @@ def describe(processes: Sequence[NativeProcess], tail: int = 25) -> str:
     return "\n".join(parts)
 
 
+def wait_while_running(what: str, until: Any, processes: Sequence[NativeProcess],
+                       timeout: float) -> None:
+    """Poll ``until()`` while every process is alive; fail when one exits or on time-out."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        for process in processes:
+            assert process.alive(), f"{process.name} exited early\n{describe(processes)}"
+        assert time.monotonic() < deadline, (
+            f"timed out after {timeout:.0f}s waiting for {what}\n{describe(processes)}"
+        )
+        time.sleep(0.5)
+
+
 def topic_identities(bootstrap: str, topic: str, timeout: float = 60) -> Counter[Identity]:
     """(topic, partition, offset) of every record the topic holds, read from the beginning to
     the end offsets taken at the start."""

@@ -32,7 +32,6 @@ import os
 import re
 import shlex
 import signal
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from tests.native import (
     native_executable,
     native_path,
     topic_identities,
+    wait_while_running,
 )
 
 PROFILES = ("none", "local", "gcp", "local,scale")
@@ -192,16 +192,6 @@ class Stack:
                              self.root / f"{name}.log", metrics_port)
 
 
-def _wait(what: str, until: Any, processes: list[NativeProcess], timeout: float) -> None:
-    """Poll ``until()`` while every process is alive; fail when one exits or on time-out."""
-    deadline = time.monotonic() + timeout
-    while not until():
-        for process in processes:
-            assert process.alive(), f"{process.name} exited early\n{describe(processes)}"
-        assert time.monotonic() < deadline, (
-            f"timed out after {timeout:.0f}s waiting for {what}\n{describe(processes)}"
-        )
-        time.sleep(0.5)
 
 
 def _grace(service: dict[str, Any]) -> float:
@@ -269,8 +259,8 @@ def test_profile_runs_and_lands_every_record_once(
             return (watch.size() >= RECORDS and landed
                     and len(seen_ready) == len(bridges))
 
-        _wait(f"{RECORDS} records, ready bridges and a first Parquet file", running, processes,
-              timeout=150)
+        wait_while_running(f"{RECORDS} records, ready bridges and a first Parquet file",
+                           running, processes, timeout=150)
 
         # Each process must exit 0 within the grace compose gives it before SIGKILL.
         assert producer.terminate(_grace(stack.services["producer"])) == 0, describe(processes)
@@ -281,9 +271,9 @@ def test_profile_runs_and_lands_every_record_once(
 
         # Every record is in some bridge's WAL (the bridges' own count, from their /metrics):
         # SIGTERM must now ship all of it.
-        _wait("the bridges to append every record to their WALs",
-              lambda: sum(b.metric(APPENDED) for b in bridges) >= delivered, bridges,
-              timeout=90)
+        wait_while_running("the bridges to append every record to their WALs",
+                           lambda: sum(b.metric(APPENDED) for b in bridges) >= delivered,
+                           bridges, timeout=90)
         for bridge in bridges:
             assert bridge.proc is not None
             bridge.proc.send_signal(signal.SIGTERM)

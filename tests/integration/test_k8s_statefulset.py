@@ -30,7 +30,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,6 +53,7 @@ from tests.native import (
     native_executable,
     native_path,
     topic_identities,
+    wait_while_running,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,15 +132,6 @@ def _partitions() -> int:
     return int(match.group(1))
 
 
-def _wait(what: str, until: Any, processes: list[NativeProcess], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        for process in processes:
-            assert process.alive(), f"{process.name} exited early\n{describe(processes)}"
-        assert time.monotonic() < deadline, (
-            f"timed out after {timeout:.0f}s waiting for {what}\n{describe(processes)}"
-        )
-        time.sleep(0.5)
 
 
 def test_statefulset_replicas_run_and_land_every_record_once(
@@ -210,8 +201,8 @@ def test_statefulset_replicas_run_and_land_every_record_once(
     try:
         for process in processes:
             process.start()
-        _wait("every replica to be ready", lambda: all(p.ready() for p in processes),
-              processes, timeout=90)
+        wait_while_running("every replica to be ready",
+                           lambda: all(p.ready() for p in processes), processes, timeout=90)
         produced = subprocess.run(
             [*native_executable(["wal_bridge"]), "produce", "--count", str(RECORDS), "--quiet",
              "--bootstrap-servers", kafka.bootstrap, "--topic", topic],
@@ -222,9 +213,9 @@ def test_statefulset_replicas_run_and_land_every_record_once(
         assert watch.size() == RECORDS
         # Every record is in some replica's WAL (their own count, from /metrics): SIGTERM must
         # now ship all of it.
-        _wait("the replicas to append every record to their WALs",
-              lambda: sum(p.metric(APPENDED) for p in processes) >= RECORDS, processes,
-              timeout=90)
+        wait_while_running("the replicas to append every record to their WALs",
+                           lambda: sum(p.metric(APPENDED) for p in processes) >= RECORDS,
+                           processes, timeout=90)
         for process in processes:  # the kubelet stops the pods of a StatefulSet in parallel
             assert process.proc is not None
             process.proc.send_signal(signal.SIGTERM)
