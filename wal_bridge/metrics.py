@@ -1,29 +1,30 @@
 """Metrics in the Prometheus text format, and the one small HTTP server of the bridge.
 
-Every :class:`~wal_bridge.runtime.Bridge` has its own :class:`Metrics` with its own
-``CollectorRegistry`` (never the global one), so a test can run several bridges in one process.
-Counters and the histogram are incremented by the stages where things happen; gauges (segments
-by state, WAL bytes, age of the oldest unshipped record, consumer lag, readiness) are computed
-at scrape time from the state the stages already keep, so they can never drift from it.
+This module imports no stage: the stages (consumer, sealer, uploader) increment its counters,
+and the runtime hands it a :class:`BridgeStatus` to render. Arrows point from the stages and
+the runtime to here, never back.
+
+Every bridge has its own :class:`Metrics` with its own ``CollectorRegistry`` (never the global
+one), so a test can run several bridges in one process. Counters and the histogram are
+incremented where things happen; gauges (segments by state, WAL bytes, age of the oldest
+unshipped record, consumer lag, readiness) are rendered at scrape time from a status snapshot
+that the runtime takes of the state the stages already keep, so they can never drift from it.
 
 The server (``METRICS_PORT``; 0 turns it off) answers three paths:
 
 - ``/metrics``: the registry in the Prometheus text format;
 - ``/healthz``: 200 while the process is alive (a liveness probe);
 - ``/readyz``: 200 when the bridge is assigned partitions and moving data; 503 with the reasons
-  while it is not yet assigned, paused (full disk, WAL over WAL_MAX_BYTES), holding stuck
-  segments, or shutting down.
+  while it is not (the runtime decides, see ``wal_bridge.runtime.readiness``).
 """
 
 from __future__ import annotations
 
-import json
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -32,17 +33,54 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from wal_bridge.errors import ConfigError
 from wal_bridge.logs import get_logger
 
-if TYPE_CHECKING:
-    from wal_bridge.runtime import Bridge
-
 log = get_logger("wal_bridge.metrics")
 
 TP = tuple[str, int]
-SEGMENT_STATES = ("open", "sealed", "converted")
+SEGMENT_STATES = ("open", "sealed", "converted", "quarantined")
 # Group commits take from well under a millisecond (page cache, fast NVMe) to seconds (a
 # saturated network disk): buckets cover both ends.
 FSYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                  10.0)
+
+
+@dataclass(frozen=True)
+class Health:
+    """Readiness and, when not ready, why (one line per reason, as ``/readyz`` shows them)."""
+
+    ready: bool
+    reasons: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class BridgeStatus:
+    """What the stages report at one moment: the input of readiness and of the gauges.
+
+    Taken by the runtime at each scrape and probe; plain values only, so that this module
+    needs no stage to render it.
+    """
+
+    segments: Mapping[str, int] = field(default_factory=dict)
+    """Segments in the WAL by state: ``open``, ``sealed``, ``converted``, ``quarantined``."""
+    stuck: tuple[int, ...] = ()
+    """Converted segments whose upload failed permanently, by number, ascending."""
+    wal_bytes: int = 0
+    """Bytes of segments and Parquet files not yet shipped."""
+    oldest_unshipped_age_s: float = 0.0
+    """Age of the oldest record held and not yet shipped; 0 when the WAL is empty."""
+    rebalanced: bool = False
+    """The consumer received its first partition assignment."""
+    partitions_assigned: int = 0
+    paused: bool = False
+    pause_reason: str | None = None
+    """Why consuming is paused (full disk, WAL over WAL_MAX_BYTES); None when not paused, or
+    paused for the shutdown drain."""
+    lag: Mapping[TP, int] = field(default_factory=dict)
+    """Per assigned partition, records in Kafka past what the WAL holds."""
+    disk_full: bool = False
+    """The sealer could not write Parquet or seal for lack of space."""
+    stopping: bool = False
+    fatal: str | None = None
+    """The error that stops the bridge, once there is one."""
 
 
 class Metrics:
@@ -78,134 +116,64 @@ class Metrics:
             "Group commit latency: seconds to write one polled batch to the WAL and fsync it.",
             buckets=FSYNC_BUCKETS, registry=r)
 
-    def watch(self, bridge: Bridge) -> None:
-        """Add the gauges computed from ``bridge``'s state at each scrape."""
-        self.registry.register(_BridgeCollector(bridge))
+    def watch(self, status: Callable[[], BridgeStatus],
+              readiness: Callable[[BridgeStatus], Health]) -> None:
+        """Add the gauges rendered, at each scrape, from a fresh ``status()``; the
+        ``wal_bridge_ready`` gauge is 1 when ``readiness`` of it says ready."""
+        self.registry.register(_StatusCollector(status, readiness))
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """The current value of one sample (0 when it has none yet), e.g. for progress lines."""
         return self.registry.get_sample_value(name, labels) or 0.0
 
     def render(self) -> bytes:
+        """The registry in the Prometheus text format (version 0.0.4)."""
         return bytes(generate_latest(self.registry))
 
 
-def high_watermarks_from_stats(raw: str, assigned: Iterable[TP]) -> dict[TP, int]:
-    """Per assigned partition, the end of what a consumer can read, from librdkafka statistics.
+class _StatusCollector:
+    """Gauges rendered from a status snapshot taken when Prometheus scrapes."""
 
-    That end is the last stable offset (``ls_offset``: the consumer reads committed
-    transactions only), or the high watermark when the broker did not report one.
-    """
-    wanted = set(assigned)
-    try:
-        stats = json.loads(raw)
-    except ValueError:
-        return {}
-    result: dict[TP, int] = {}
-    for topic, info in (stats.get("topics") or {}).items():
-        for key, part in (info.get("partitions") or {}).items():
-            partition = int(key)
-            if partition < 0 or (topic, partition) not in wanted:
-                continue  # -1 is librdkafka's internal "unassigned" partition
-            end = int(part.get("ls_offset", -1))
-            if end < 0:
-                end = int(part.get("hi_offset", -1))
-            if end >= 0:
-                result[(topic, partition)] = end
-    return result
-
-
-@dataclass
-class Health:
-    """Readiness and, when not ready, why."""
-
-    ready: bool
-    reasons: list[str] = field(default_factory=list)
-
-
-def readiness(bridge: Bridge) -> Health:
-    """Ready: partitions assigned, consuming, nothing stuck, not shutting down."""
-    reasons: list[str] = []
-    if bridge.fatal is not None:
-        reasons.append(f"fatal error: {bridge.fatal}")
-    elif bridge.stop.is_set():
-        reasons.append("shutting down")
-    consumer = bridge.consumer
-    if consumer is None or not consumer.rebalanced:
-        reasons.append("no partition assignment yet")
-    elif consumer.paused and consumer.pause_reason:
-        reasons.append(f"consumer paused: {consumer.pause_reason}")
-    if bridge.sealer.disk_full:
-        reasons.append("disk full: cannot convert sealed segments")
-    stuck = sorted(bridge.uploader.stuck)
-    if stuck:
-        reasons.append(f"{len(stuck)} segment(s) stuck in the outbox: {stuck[:10]} "
-                       "(see `wal_bridge inspect`)")
-    return Health(not reasons, reasons)
-
-
-class _BridgeCollector:
-    """Gauges read from the bridge's own state when Prometheus scrapes."""
-
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
+    def __init__(self, status: Callable[[], BridgeStatus],
+                 readiness: Callable[[BridgeStatus], Health]) -> None:
+        self.status = status
+        self.readiness = readiness
 
     def describe(self) -> list[Any]:
         return []  # computed at scrape time; nothing to check at registration
 
     def collect(self) -> Iterator[Any]:
-        bridge = self.bridge
-        segments = bridge.wal.snapshot()
-        counts = dict.fromkeys(SEGMENT_STATES, 0)
-        for segment in segments:
-            state = "converted" if segment.converted else segment.state
-            counts[state] = counts.get(state, 0) + 1
+        status = self.status()
         by_state = GaugeMetricFamily(
             "wal_bridge_segments", "Segments in the WAL by state (quarantined: set aside with "
             "damage, see `wal_bridge inspect`).", labels=["state"])
-        for state, count in counts.items():
-            by_state.add_metric([state], count)
-        quarantine = bridge.wal.quarantine_dir
-        quarantined = sum(1 for _ in quarantine.glob("*.reason.json")) if quarantine.is_dir() else 0
-        by_state.add_metric(["quarantined"], quarantined)
+        for state in SEGMENT_STATES:
+            by_state.add_metric([state], status.segments.get(state, 0))
         yield by_state
         yield GaugeMetricFamily("wal_bridge_segments_stuck",
                                 "Converted segments whose upload failed permanently (retried "
-                                "every minute).", value=len(bridge.uploader.stuck))
+                                "every minute).", value=len(status.stuck))
         yield GaugeMetricFamily("wal_bridge_wal_bytes",
                                 "Bytes of segments and Parquet files not yet shipped.",
-                                value=sum(s.bytes + s.parquet_bytes for s in segments))
-        oldest = min((s.created_ms for s in segments if s.records), default=None)
-        age = max(0.0, time.time() - oldest / 1000) if oldest is not None else 0.0
+                                value=status.wal_bytes)
         yield GaugeMetricFamily("wal_bridge_oldest_unshipped_age_seconds",
                                 "Age of the oldest record held in the WAL and not yet shipped "
-                                "(0 when the WAL is empty).", value=age)
-        yield from self._consumer_metrics()
-        health = readiness(bridge)
-        yield GaugeMetricFamily("wal_bridge_ready", "1 when /readyz answers 200.",
-                                value=1 if health.ready else 0)
-
-    def _consumer_metrics(self) -> Iterator[Any]:
-        consumer = self.bridge.consumer
+                                "(0 when the WAL is empty).", value=status.oldest_unshipped_age_s)
         lag = GaugeMetricFamily(
             "wal_bridge_consumer_lag", "Records in Kafka past what the WAL holds durably, per "
             "assigned partition (from the client's statistics, refreshed every few seconds).",
             labels=["topic", "partition"])
-        assigned = GaugeMetricFamily("wal_bridge_partitions_assigned",
-                                     "Partitions assigned to this instance.",
-                                     value=len(consumer.positions()) if consumer else 0)
-        paused = GaugeMetricFamily("wal_bridge_consumer_paused",
-                                   "1 while consuming is paused (full disk or WAL_MAX_BYTES).",
-                                   value=1 if consumer is not None and consumer.paused else 0)
-        if consumer is not None:
-            positions = consumer.positions()
-            for (topic, partition), end in sorted(consumer.high_watermarks.items()):
-                if (topic, partition) in positions:
-                    lag.add_metric([topic, str(partition)],
-                                   max(0, end - positions[(topic, partition)]))
+        for (topic, partition), behind in sorted(status.lag.items()):
+            lag.add_metric([topic, str(partition)], behind)
         yield lag
-        yield assigned
-        yield paused
+        yield GaugeMetricFamily("wal_bridge_partitions_assigned",
+                                "Partitions assigned to this instance.",
+                                value=status.partitions_assigned)
+        yield GaugeMetricFamily("wal_bridge_consumer_paused",
+                                "1 while consuming is paused (full disk or WAL_MAX_BYTES).",
+                                value=1 if status.paused else 0)
+        yield GaugeMetricFamily("wal_bridge_ready", "1 when /readyz answers 200.",
+                                value=1 if self.readiness(status).ready else 0)
 
 
 class _Server(ThreadingHTTPServer):
@@ -243,7 +211,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class MetricsServer:
-    """``/metrics``, ``/healthz`` and ``/readyz`` on one daemon thread."""
+    """``/metrics``, ``/healthz`` and ``/readyz`` on one daemon thread.
+
+    ``health`` is called at each ``/readyz`` request. Port 0 picks a free port (see
+    :attr:`port`). A port that cannot be bound raises :class:`ConfigError` naming
+    METRICS_PORT.
+    """
 
     def __init__(self, metrics: Metrics, health: Callable[[], Health], port: int,
                  host: str = "0.0.0.0") -> None:  # noqa: S104 - probes and scrapes come from outside the pod
@@ -259,14 +232,17 @@ class MetricsServer:
 
     @property
     def port(self) -> int:
+        """The port listened on (the one picked when 0 was asked)."""
         return int(self._httpd.server_address[1])
 
     def start(self) -> MetricsServer:
+        """Serve on the daemon thread; return self."""
         self._thread.start()
         log.info("metrics_listening", port=self.port, paths=["/metrics", "/healthz", "/readyz"])
         return self
 
     def stop(self) -> None:
+        """Stop serving (waiting up to 5 s) and close the socket; safe before :meth:`start`."""
         if self._thread.is_alive():
             self._httpd.shutdown()  # waits for serve_forever: only once it runs
             self._thread.join(5.0)

@@ -1,4 +1,5 @@
-"""The one place that owns the threads, their stop events, signals and shutdown.
+"""The one place that owns the threads, their stop events, signals and shutdown; and the
+bridge's status, from which readiness and the gauges are computed.
 
 Threads: the consumer runs on the main thread (librdkafka callbacks arrive there); the sealer
 (CONVERT_WORKERS threads) and the uploader run loops around their synchronous ``step()``. On
@@ -6,6 +7,10 @@ SIGTERM or SIGINT the consumer stops taking records, the active segment is seale
 sealer and uploader drain what they can within SHUTDOWN_GRACE; offsets are committed and the
 process exits 0. A second signal exits at once: everything appended is already durable in the
 WAL.
+
+Status: :meth:`Bridge.status` takes a :class:`~wal_bridge.metrics.BridgeStatus` of what the
+stages report; :func:`readiness` decides ``/readyz`` from it, and :mod:`wal_bridge.metrics`
+renders it. The stages and this module import metrics, never the other way round.
 """
 
 from __future__ import annotations
@@ -14,22 +19,29 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FrameType
 
 from wal_bridge.config import Settings, describe
 from wal_bridge.consumer import BridgeConsumer
-from wal_bridge.errors import ConfigError, SinkError, WalBridgeError
+from wal_bridge.errors import (
+    ConfigError,
+    DiskFullError,
+    SinkError,
+    WalBridgeError,
+    WalFatalError,
+)
 from wal_bridge.failpoints import Failpoints
 from wal_bridge.logs import RateLimited, get_logger
-from wal_bridge.metrics import Metrics, MetricsServer, readiness
+from wal_bridge.metrics import BridgeStatus, Health, Metrics, MetricsServer
 from wal_bridge.parquet import Converter
 from wal_bridge.schema import SharedSchema
 from wal_bridge.sealer import Sealer
 from wal_bridge.sink import Sink, open_sink
 from wal_bridge.uploader import Uploader
-from wal_bridge.wal.log import DiskFullError, KeyPolicy, Wal, WalFatalError
+from wal_bridge.wal.log import Wal
+from wal_bridge.wal.segment import Segment
 
 log = get_logger("wal_bridge.runtime")
 
@@ -37,6 +49,46 @@ SECOND_SIGNAL_EXIT = 130
 # Threads converting sealed segments, each its own segment: in a backlog the consumer fills
 # one core, and conversion (Arrow's JSON reader and Parquet writer, without the GIL) the other.
 CONVERT_WORKERS = min(2, os.cpu_count() or 1)
+
+
+def readiness(status: BridgeStatus) -> Health:
+    """Ready: partitions assigned, consuming, nothing stuck, not shutting down.
+
+    Otherwise the reasons, in this order: a fatal error or shutting down; no assignment yet or
+    paused (with why); a full disk; stuck segments (the first ten numbers).
+    """
+    reasons: list[str] = []
+    if status.fatal is not None:
+        reasons.append(f"fatal error: {status.fatal}")
+    elif status.stopping:
+        reasons.append("shutting down")
+    if not status.rebalanced:
+        reasons.append("no partition assignment yet")
+    elif status.paused and status.pause_reason:
+        reasons.append(f"consumer paused: {status.pause_reason}")
+    if status.disk_full:
+        reasons.append("disk full: cannot convert sealed segments")
+    if status.stuck:
+        reasons.append(f"{len(status.stuck)} segment(s) stuck in the outbox: "
+                       f"{list(status.stuck[:10])} (see `wal_bridge inspect`)")
+    return Health(not reasons, reasons)
+
+
+def segments_by_state(segments: Iterable[Segment], quarantined: int) -> dict[str, int]:
+    """Counts by the states the ``wal_bridge_segments`` gauge shows: ``open``, ``sealed``,
+    ``converted`` (a sealed segment with its Parquet file in the outbox), ``quarantined``."""
+    counts = dict.fromkeys(("open", "sealed", "converted"), 0)
+    for segment in segments:
+        state = "converted" if segment.converted else segment.state
+        counts[state] = counts.get(state, 0) + 1
+    counts["quarantined"] = quarantined
+    return counts
+
+
+def oldest_age_s(segments: Iterable[Segment], now_s: float) -> float:
+    """Seconds since the oldest segment that holds records was created; 0 when none does."""
+    oldest = min((s.created_ms for s in segments if s.records), default=None)
+    return max(0.0, now_s - oldest / 1000) if oldest is not None else 0.0
 
 
 @dataclass
@@ -89,7 +141,7 @@ class Bridge:
         self._signals = 0
         self.wal = Wal.open(
             settings.wal_dir,
-            keys=KeyPolicy(destination.prefix, destination.dead_letter_prefix),
+            keys=destination,
             batch_size=settings.batch_size,
             batch_timeout=settings.batch_timeout,
             instance_id=settings.instance_id,
@@ -102,7 +154,26 @@ class Bridge:
         self.sealer = Sealer(self.wal, converter, self.metrics)
         self.uploader = Uploader(self.wal, self.sink, self.halt, metrics=self.metrics)
         self.consumer: BridgeConsumer | None = None
-        self.metrics.watch(self)
+        self.metrics.watch(self.status, readiness)
+
+    def status(self) -> BridgeStatus:
+        """What the stages report now (safe from any thread: each read is of a copy)."""
+        segments = self.wal.snapshot()
+        consumer = self.consumer
+        return BridgeStatus(
+            segments=segments_by_state(segments, self.wal.quarantine_status().segments),
+            stuck=tuple(sorted(self.uploader.stuck.copy())),
+            wal_bytes=sum(s.bytes + s.parquet_bytes for s in segments),
+            oldest_unshipped_age_s=oldest_age_s(segments, time.time()),
+            rebalanced=consumer is not None and consumer.rebalanced,
+            partitions_assigned=len(consumer.positions()) if consumer is not None else 0,
+            paused=consumer is not None and consumer.paused,
+            pause_reason=consumer.pause_reason if consumer is not None else None,
+            lag=consumer.lag() if consumer is not None else {},
+            disk_full=self.sealer.disk_full,
+            stopping=self.stop.is_set(),
+            fatal=str(self.fatal) if self.fatal is not None else None,
+        )
 
     # ----------------------------------------------------------------------------- signals
 
@@ -176,7 +247,7 @@ class Bridge:
         """/metrics, /healthz and /readyz on METRICS_PORT (0: off)."""
         if not self.settings.metrics_port:
             return None
-        return MetricsServer(self.metrics, lambda: readiness(self),
+        return MetricsServer(self.metrics, lambda: readiness(self.status()),
                              self.settings.metrics_port).start()
 
     def _check_sink(self) -> None:
