@@ -110,8 +110,13 @@ def test_readyz_is_503_while_a_segment_is_stuck(kafka: KafkaHandle, gcs: GcsHand
     bridge.start()
     wait_for(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 60, "/readyz 200",
              on_timeout=lambda: bridge.log()[-3000:])
-    gcs.client().bucket(bucket).delete()
+    # First records ship, so the destination's schema is pinned: without the bucket, pinning it
+    # would fail instead, and no segment would reach the upload.
     produce(kafka.bootstrap, topic, [json.dumps({"n": i}).encode() for i in range(100)])
+    wait_for(lambda: value(scrape(port), "wal_bridge_records_shipped_total") == 100, 60,
+             "the first 100 records shipped", on_timeout=lambda: bridge.log()[-3000:])
+    gcs.client().bucket(bucket).delete(force=True)
+    produce(kafka.bootstrap, topic, [json.dumps({"n": i}).encode() for i in range(100, 200)])
 
     _, body = wait_for(lambda: (r := get(f"http://127.0.0.1:{port}/readyz"))[0] == 503
                             and r, 60, "/readyz 503", on_timeout=lambda: bridge.log()[-3000:])
