@@ -25,6 +25,7 @@ from types import FrameType
 
 from wal_bridge.config import Settings, describe
 from wal_bridge.consumer import BridgeConsumer
+from wal_bridge.conversion import Converter
 from wal_bridge.errors import (
     ConfigError,
     DiskFullError,
@@ -35,7 +36,6 @@ from wal_bridge.errors import (
 from wal_bridge.failpoints import Failpoints
 from wal_bridge.logs import RateLimited, get_logger
 from wal_bridge.metrics import BridgeStatus, Health, Metrics, MetricsServer
-from wal_bridge.parquet import Converter
 from wal_bridge.schema import SharedSchema
 from wal_bridge.sealer import Sealer
 from wal_bridge.sink import Sink, open_sink
