@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,21 +33,6 @@ from wal_bridge.schema import (
 )
 from wal_bridge.wal.codec import HEADER_TYPE
 from wal_bridge.wal.segment import SealInfo, batch_ranges, ranges_to_json
-
-if TYPE_CHECKING:  # the transitional names below
-    from wal_bridge.conversion import Converted as Converted  # noqa: PLC0414 - a re-export
-    from wal_bridge.conversion import Converter as Converter  # noqa: PLC0414 - a re-export
-
-
-def __getattr__(name: str) -> Any:
-    """Transitional: ``Converter`` and ``Converted`` live in :mod:`wal_bridge.conversion`; the
-    sealer and the runtime still import them from here until their import lines move (a
-    lazy lookup, since conversion imports this module)."""
-    if name in ("Converter", "Converted"):
-        import wal_bridge.conversion
-
-        return getattr(wal_bridge.conversion, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 TS_TYPE = pa.timestamp("ms", tz="UTC")
 FORMAT_VERSION = "1"
