@@ -103,6 +103,11 @@ class WalLayout:
     def replay_report(self, seq: int) -> Path:
         return self.quarantine / f"{seq:010d}.replayed.json"
 
+    def replayed(self, path: Path) -> Path:
+        """Where replay sets ``path`` (a quarantined file, or an outbox file of that segment)
+        aside once it is rebuilt: in the quarantine, with ``.replayed`` added."""
+        return self.quarantine / f"{path.name}{REPLAYED_SUFFIX}"
+
     def relative(self, path: Path) -> str:
         """``path`` as shown to people: relative to the WAL directory."""
         return path.relative_to(self.root).as_posix()

@@ -19,7 +19,7 @@ from typing import Any
 from wal_bridge import durable
 from wal_bridge.errors import CorruptionError
 from wal_bridge.logs import get_logger
-from wal_bridge.wal.layout import REPLAYED_SUFFIX, WalLayout
+from wal_bridge.wal.layout import WalLayout
 from wal_bridge.wal.segment import Ranges, ranges_from_json, ranges_to_json
 
 log = get_logger("wal_bridge.wal")
@@ -90,12 +90,12 @@ class Quarantine:
                              json.dumps(report, indent=2, default=str).encode())
         entry = next((e for e in layout.read_quarantine() if e.seq == seq), None)
         if entry is not None and entry.file is not None and entry.file.exists():
-            durable.rename(entry.file, entry.file.with_name(entry.file.name + REPLAYED_SUFFIX))
+            durable.rename(entry.file, layout.replayed(entry.file))
         # Outbox files of the segment (converted before the damage was found) would never be
         # shipped now: keep them beside it instead.
         for stale in layout.outbox_files(seq):
             if stale.exists():
-                durable.move(stale, layout.quarantined(stale.name + REPLAYED_SUFFIX))
+                durable.move(stale, layout.replayed(stale))
         layout.reason(seq).unlink(missing_ok=True)
         durable.fsync_dir(layout.quarantine)
         self.ranges.pop(seq, None)
