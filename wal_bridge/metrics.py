@@ -78,6 +78,9 @@ class BridgeStatus:
     """Per assigned partition, records in Kafka past what the WAL holds."""
     disk_full: bool = False
     """The sealer could not write Parquet or seal for lack of space."""
+    schema_blocked: str | None = None
+    """Why the destination refuses to store the table's schema (so nothing converts); None
+    when it did, or when the failure is transient."""
     stopping: bool = False
     fatal: str | None = None
     """The error that stops the bridge, once there is one."""

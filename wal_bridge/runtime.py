@@ -55,7 +55,8 @@ def readiness(status: BridgeStatus) -> Health:
     """Ready: partitions assigned, consuming, nothing stuck, not shutting down.
 
     Otherwise the reasons, in this order: a fatal error or shutting down; no assignment yet or
-    paused (with why); a full disk; stuck segments (the first ten numbers).
+    paused (with why); a full disk; a destination refusing the table's schema; stuck segments
+    (the first ten numbers).
     """
     reasons: list[str] = []
     if status.fatal is not None:
@@ -68,6 +69,8 @@ def readiness(status: BridgeStatus) -> Health:
         reasons.append(f"consumer paused: {status.pause_reason}")
     if status.disk_full:
         reasons.append("disk full: cannot convert sealed segments")
+    if status.schema_blocked:
+        reasons.append(f"cannot store the table's schema: {status.schema_blocked}")
     if status.stuck:
         reasons.append(f"{len(status.stuck)} segment(s) stuck in the outbox: "
                        f"{list(status.stuck[:10])} (see `wal_bridge inspect`)")
@@ -171,6 +174,7 @@ class Bridge:
             pause_reason=consumer.pause_reason if consumer is not None else None,
             lag=consumer.lag() if consumer is not None else {},
             disk_full=self.sealer.disk_full,
+            schema_blocked=self.sealer.schema_blocked,
             stopping=self.stop.is_set(),
             fatal=str(self.fatal) if self.fatal is not None else None,
         )

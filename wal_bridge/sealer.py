@@ -18,7 +18,7 @@ from pathlib import Path
 
 from wal_bridge import durable
 from wal_bridge.conversion import Converter
-from wal_bridge.errors import CorruptionError, DiskFullError
+from wal_bridge.errors import CorruptionError, DiskFullError, SinkError
 from wal_bridge.logs import RateLimited, get_logger
 from wal_bridge.metrics import Metrics
 from wal_bridge.parquet import footer_metadata, write_parquet
@@ -26,6 +26,8 @@ from wal_bridge.wal.log import Wal
 from wal_bridge.wal.segment import Segment, read_sealed
 
 log = get_logger("wal_bridge.sealer")
+
+SCHEMA_RETRY_MAX = 30.0  # seconds between attempts to store the schema, at most
 
 
 class Sealer:
@@ -37,6 +39,12 @@ class Sealer:
         self.disk_full = False
         self._claims = threading.Lock()
         self._claimed: set[int] = set()  # segments being converted by some thread
+        # The destination could not store the table's schema (it must before the first file
+        # is written): conversion waits, with a capped doubling delay, while records keep
+        # going into the WAL. ``schema_blocked`` holds a permanent error for readiness.
+        self.schema_blocked: str | None = None
+        self._schema_wait = 0.0
+        self._schema_retry_at = 0.0
 
     def step(self) -> bool:
         """Seal if due, then convert the oldest sealed segment that no other thread is
@@ -48,6 +56,8 @@ class Sealer:
             if (suppressed := self._limited.allow("seal_failed")) is not None:
                 log.error("segment_seal_failed", error=str(exc), suppressed=suppressed)
             sealed = False
+        if time.monotonic() < self._schema_retry_at:
+            return sealed
         segment = self._claim()
         if segment is None:
             return sealed
@@ -75,7 +85,12 @@ class Sealer:
         except CorruptionError as exc:
             self.wal.quarantine_sealed(exc)
             return False
-        converted = self.converter.convert(batches, segment.seal)
+        try:
+            converted = self.converter.convert(batches, segment.seal)
+        except SinkError as exc:  # only the schema store reaches the destination here
+            self._wait_for_destination(segment, exc)
+            return False
+        self.schema_blocked, self._schema_wait = None, 0.0
         final = self.wal.parquet_path(segment.seq)
         tmp = durable.temp_path(final)
         dead_tmp = durable.temp_path(self.wal.dead_letter_path(segment.seq))
@@ -104,3 +119,13 @@ class Sealer:
             bytes=final.stat().st_size, duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
         return True
+
+    def _wait_for_destination(self, segment: Segment, exc: SinkError) -> None:
+        """The table's schema could not be stored: try again after a capped doubling delay
+        (1 s to SCHEMA_RETRY_MAX s); a permanent error also makes the bridge unready."""
+        self._schema_wait = min(max(self._schema_wait * 2, 1.0), SCHEMA_RETRY_MAX)
+        self._schema_retry_at = time.monotonic() + self._schema_wait
+        self.schema_blocked = None if exc.transient else str(exc)
+        # One line per attempt: the doubling delay already bounds them (one per 30 s at most).
+        log.warning("schema_store_retrying", segment=segment.seq, error=str(exc),
+                    transient=exc.transient, retry_in_s=self._schema_wait)

@@ -150,8 +150,10 @@ def test_a_restart_neither_loses_nor_duplicates(kafka, gcs, topic, bucket, bridg
 @pytest.mark.parametrize("policy", ["wal", "upload"])
 def test_an_emulator_outage_loses_nothing(kafka, gcs, topic, bucket, tmp_path: Path,  # type: ignore[no-untyped-def]
                                          toxiproxy: ToxiproxyClient, policy: str) -> None:
-    """With GCS cut off for 20 s, the WAL holds everything and drains once it is back;
-    offsets keep being committed under COMMIT_POLICY=wal, and not under upload."""
+    """With GCS cut off for 20 s from the start, the WAL holds everything and drains once it is
+    back; offsets keep being committed under COMMIT_POLICY=wal, and not under upload. (Cut off
+    from the start, the first thing to retry is storing the table's schema, which must reach
+    the bucket before any file is written; test_storage_faults covers uploads cut mid-run.)"""
     upstream = urlparse(gcs.url).netloc
     proxy = toxiproxy.create_proxy(f"gcs-{policy}-{topic[-8:]}", upstream)
     env = bridge_env(bootstrap=kafka.bootstrap, topic=topic, destination=f"gs://{bucket}/raw",
@@ -161,8 +163,8 @@ def test_an_emulator_outage_loses_nothing(kafka, gcs, topic, bucket, tmp_path: P
         toxiproxy.disable(proxy.name)
         bridge.start()
         expected = expected_records(kafka.bootstrap, topic, [event(i) for i in range(5_000)])
-        wait_for(lambda: bridge.log().count('"event": "segment_upload_retrying"') >= 2, 60,
-                 "upload retries while the emulator is cut off",
+        wait_for(lambda: bridge.log().count('"event": "schema_store_retrying"') >= 2, 60,
+                 "retries to store the schema while the emulator is cut off",
                  on_timeout=lambda: bridge.log()[-3000:])
         time.sleep(8)  # the rest of the 20 s outage: commits happen (or not) meanwhile
         committed = committed_offsets(kafka.bootstrap, f"g-{topic}", topic)

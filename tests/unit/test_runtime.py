@@ -30,6 +30,8 @@ def test_an_assigned_bridge_with_nothing_wrong_is_ready() -> None:
     (BridgeStatus(rebalanced=True, paused=True, pause_reason="disk full: ENOSPC"),
      "consumer paused: disk full: ENOSPC"),
     (BridgeStatus(rebalanced=True, disk_full=True), "disk full: cannot convert"),
+    (BridgeStatus(rebalanced=True, schema_blocked="HTTP 403: no permission"),
+     "cannot store the table's schema: HTTP 403: no permission"),
     (BridgeStatus(rebalanced=True, stuck=(7,)), "1 segment(s) stuck in the outbox: [7]"),
     (BridgeStatus(rebalanced=True, stopping=True), "shutting down"),
     (BridgeStatus(rebalanced=True, stopping=True, fatal="fsync failed"),
