@@ -60,7 +60,9 @@ def test_slow_and_fragmented_connections_lose_nothing(
 def test_http_429_500_503_are_retried_and_lose_nothing(scenario: Scenario) -> None:
     """Uploads answered 429, 500 and 503 (one of them after the object was in fact stored) are
     retried; the stored one is recognised by its checksum, and every record lands once."""
-    plan = [429, None, -500, None, 503, 503]  # -500: stored, then answered 500 anyway
+    # The first upload stores the table's schema (before any segment's file); then the faults
+    # hit the segments' uploads. -500: stored, then answered 500 anyway.
+    plan = [None, 429, None, -500, None, 503, 503]
     with FaultyProxy(scenario.gcs.url, plan, match="POST /upload/") as proxy:
         bridge = scenario.bridge(emulator=proxy.url)
         bridge.start()

@@ -50,10 +50,14 @@ def event(i: int) -> bytes:
 @pytest.fixture
 def env(kafka: KafkaHandle, gcs: GcsHandle, topic: str, bucket: str,
         tmp_path: Path) -> dict[str, str]:
-    """The settings every process of a test shares: broker, topic, group, bucket, WAL."""
+    """The settings every process of a test shares: broker, topic, group, bucket, WAL, and a
+    SCHEMA_FILE, so that the schema is stored in the bucket at start and conversion goes on
+    once the tests delete the bucket (the uploads get stuck, not the conversion)."""
+    schema = tmp_path / "schema.json"
+    schema.write_text('[{"name": "user_id", "type": "string"}]')
     return bridge_env(bootstrap=kafka.bootstrap, topic=topic, destination=f"gs://{bucket}/raw",
                       wal_dir=tmp_path / "wal", emulator=gcs.url, BATCH_TIMEOUT="1",
-                      **SMALL_RECORDS)
+                      SCHEMA_FILE=str(schema), **SMALL_RECORDS)
 
 
 @pytest.fixture
@@ -73,7 +77,7 @@ def stuck_segments(bridge: BridgeProcess, gcs: GcsHandle, bucket: str, env: dict
     """Run the bridge, delete its bucket, produce ``records``: every segment gets stuck."""
     bridge.start()
     wait_assigned(bridge)
-    gcs.client().bucket(bucket).delete()
+    gcs.client().bucket(bucket).delete(force=True)
     for start in range(0, len(records), 150):  # bursts: segments of several frames (polls)
         produce(env["KAFKA_BOOTSTRAP_SERVERS"], env["KAFKA_TOPIC"], records[start:start + 150])
         time.sleep(0.2)
@@ -141,7 +145,7 @@ def test_stuck_segments_are_inspected_replayed_audited_and_queried(
     stuck uploads; replay ships them; audit is clean; query counts every record."""
     bridge.start()
     wait_assigned(bridge)
-    gcs.client().bucket(bucket).delete()
+    gcs.client().bucket(bucket).delete(force=True)
     produced = cli("produce", "--count", "1500", "--seed", "3", "--malformed-ratio", "0.05",
                    "--json", "--quiet", env=env)
     assert produced.returncode == 0, produced.stderr
