@@ -413,11 +413,6 @@ class Wal:
         with self._lock:
             return self.quarantine.status()
 
-    @property
-    def quarantine_dir(self) -> Path:
-        """Interim, for metrics until it reads :meth:`quarantine_status`."""
-        return self.layout.quarantine
-
     # ----------------------------------------------------------------------------- shipping
 
     def to_ship(self) -> list[Segment]:
