@@ -136,9 +136,14 @@ def test_damaged_sealed_segments_are_quarantined_and_replayed(
     reason; the rest lands; `wal_bridge replay --quarantined` brings back every record."""
     rng = random.Random(f"{SEED}-sealed")
     proxy = toxiproxy.create_proxy(f"gcs-{scenario.topic[-8:]}", urlparse(scenario.gcs.url).netloc)
-    toxiproxy.disable(proxy.name)  # segments pile up sealed and converted, none shipped
     bridge = scenario.bridge(emulator=proxy.url)
     bridge.start()
+    # A first file ships, and with it the table's schema reaches the bucket (it must, before
+    # any segment converts); then segments pile up sealed and converted, none shipped.
+    scenario.workload.produce(100)
+    wait_for(lambda: bridge.events("segment_shipped"), 90, "a first segment shipped",
+             on_timeout=bridge.tail)
+    toxiproxy.disable(proxy.name)
     scenario.workload.produce(2_000)
     wal = scenario.wal_dir()
     wait_for(lambda: len(wal_files(wal)["parquet"]) >= 4, 90, "four converted segments",
