@@ -12,13 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.fakes import FailingSink
 from wal_bridge.config import Destination
 from wal_bridge.conversion import Converted, Converter
-from wal_bridge.errors import SinkError
 from wal_bridge.schema import SchemaStore, SharedSchema
 from wal_bridge.sealer import Sealer
-from wal_bridge.sink import PutResult
-from wal_bridge.sink.local import LocalSink
 from wal_bridge.wal.codec import RecordColumns
 from wal_bridge.wal.log import Wal
 from wal_bridge.wal.segment import SealInfo
@@ -78,30 +76,13 @@ def test_two_threads_convert_every_segment_exactly_once(tmp_path: Path) -> None:
     wal.close()
 
 
-class RefusingSink(LocalSink):
-    """The local sink, refusing every put with the given kind of error until ``allow``."""
-
-    def __init__(self, root: Path, *, transient: bool) -> None:
-        super().__init__(Destination("file", str(root), "raw"))
-        self.transient = transient
-        self.refusing = True
-        self.attempts = 0
-
-    def put(self, key: str, path: Path) -> PutResult:
-        self.attempts += 1
-        if self.refusing:
-            raise SinkError("HTTP 403 (injected)" if not self.transient else "HTTP 503 (injected)",
-                            transient=self.transient)
-        return super().put(key, path)
-
-
 @pytest.mark.parametrize("transient", [True, False], ids=["transient", "permanent"])
 def test_a_destination_that_cannot_store_the_schema_holds_conversion_back(
         tmp_path: Path, transient: bool) -> None:
     """Until the schema is stored, nothing converts (the segment stays sealed in the WAL), the
     attempts wait a doubling delay instead of spinning, and only a permanent refusal makes the
     bridge unready; once the destination takes it, the segment converts."""
-    sink = RefusingSink(tmp_path / "bucket", transient=transient)
+    sink = FailingSink(tmp_path / "bucket", 1, transient=transient)
     root = tmp_path / "wal"
     wal = Wal.open(root, keys=sink.destination, batch_size=5)
     wal.append(batch(0, 5))
@@ -109,13 +90,12 @@ def test_a_destination_that_cannot_store_the_schema_holds_conversion_back(
     sealer = Sealer(wal, Converter.open(1024, root, None, shared))
     for _ in range(20):
         sealer.step()
-    assert sink.attempts == 1  # the next attempt waits a second
+    assert sink.calls == 1  # the next attempt waits a second
     assert [s.converted for s in wal.to_convert()] == [False]
     assert (sealer.schema_blocked is None) is transient
     if not transient:
         assert "HTTP 403" in str(sealer.schema_blocked)
-    sink.refusing = False
-    sealer._schema_retry_at = 0.0  # the delay has passed
+    sealer._schema_retry_at = 0.0  # the delay has passed; the sink takes the next put
     sealer.step()
     assert sealer.schema_blocked is None
     assert wal.to_convert() == []

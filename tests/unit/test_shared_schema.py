@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
+from tests.fakes import FailingSink
 from tests.unit.test_schema import segment
 from wal_bridge.cli import main
 from wal_bridge.config import Destination
@@ -21,25 +22,10 @@ from wal_bridge.schema import (
     PayloadSchema,
     SharedSchema,
 )
-from wal_bridge.sink import PutResult
 from wal_bridge.sink.local import LocalSink
 
 F = FieldType
 DEST = "raw"
-
-
-class FlakySink(LocalSink):
-    """The local sink, failing its next ``failures`` calls with a transient error."""
-
-    def __init__(self, root: Path, failures: int = 0) -> None:
-        super().__init__(Destination("file", str(root), DEST))
-        self.failures = failures
-
-    def put(self, key: str, path: Path) -> PutResult:
-        if self.failures > 0:
-            self.failures -= 1
-            raise SinkError("HTTP 503 (injected)", transient=True)
-        return super().put(key, path)
 
 
 def instance(root: Path, wal: Path, schema_file: Path | None = None,
@@ -135,7 +121,7 @@ def test_a_stored_object_that_is_not_a_schema_stops_with_one_clear_error(tmp_pat
 def test_an_unreachable_destination_defers_pinning_and_loses_nothing(tmp_path: Path) -> None:
     """A transient sink error fails the conversion (the sealer retries it); nothing is pinned
     until the destination has the schema, and the retry converts with it."""
-    sink = FlakySink(tmp_path / "bucket", failures=1)
+    sink = FailingSink(tmp_path / "bucket", 1, transient=True)
     converter = instance(tmp_path / "bucket", tmp_path / "wal", sink=sink)
     with pytest.raises(SinkError):
         converter.convert(*_one(b'{"id": 1}'))

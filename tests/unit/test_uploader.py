@@ -9,33 +9,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.fakes import FailingSink
 from wal_bridge.config import Destination
 from wal_bridge.conversion import Converter
-from wal_bridge.errors import SinkError
 from wal_bridge.sealer import Sealer
 from wal_bridge.sink import PutResult
 from wal_bridge.sink.local import LocalSink
 from wal_bridge.uploader import Uploader
 from wal_bridge.wal.codec import RecordColumns
 from wal_bridge.wal.log import Wal
-
-
-class FailingSink(LocalSink):
-    """The local sink, failing its next ``failures`` puts with the given kind of error."""
-
-    def __init__(self, root: Path, failures: int, *, transient: bool) -> None:
-        super().__init__(Destination("file", str(root), "raw"))
-        self.failures = failures
-        self.transient = transient
-        self.calls = 0
-
-    def put(self, key: str, path: Path) -> PutResult:
-        self.calls += 1
-        if self.failures > 0:
-            self.failures -= 1
-            raise SinkError("HTTP 503 (injected)" if self.transient else "HTTP 403 (injected)",
-                            transient=self.transient)
-        return super().put(key, path)
 
 
 def values_batch(values: list[bytes | None], first: int = 0):  # type: ignore[no-untyped-def]
