@@ -235,18 +235,27 @@ def _parse_field(position: int, item: Any, seen: dict[str, str]) -> Field:
 # ------------------------------------------------------------------------------- inference
 
 
-def _kind(value: Any) -> str:
-    if value is None:
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
+def text_kind(text: str | None) -> str:
+    """The kind of one JSON value, read from its JSON text as the converter's parser gives it
+    (None or ``null``: a JSON null): null, bool, int (within int64), bigint, float, timestamp,
+    string or nested. Inference reads only this, so the schema is decided from what conversion
+    reads, never from a second parser's idea of the record."""
+    if text is None or text == "null":
         return "null"
-    if isinstance(value, bool):
+    if text in ("true", "false"):
         return "bool"
-    if isinstance(value, int):
-        return "int" if INT64_MIN <= value <= INT64_MAX else "bigint"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
+    first = text[0]
+    if first == '"':
+        value = json.loads(text)  # one JSON string: no nesting to go wrong
         return "timestamp" if is_timestamp(value) else "string"
-    return "nested"  # dict or list
+    if first in "[{":
+        return "nested"
+    if _INTEGER.fullmatch(text):
+        return "int" if INT64_MIN <= int(text) <= INT64_MAX else "bigint"
+    return "float"
 
 
 def is_timestamp(text: str) -> bool:
@@ -285,24 +294,39 @@ def _decide(kinds: set[str]) -> FieldType:
     return FieldType.JSON
 
 
-def infer(records: Iterable[Mapping[str, Any]]) -> PayloadSchema:
-    """The schema of the first data: every usable top-level field, in order of appearance.
-
-    A field whose name cannot be a column (see :func:`name_problem`, or a second spelling of a
-    name that differs only in case) gets no column: its values go to ``_extra``.
-    """
-    kinds: dict[str, set[str]] = {}
-    for record in records:
-        for name, value in record.items():
-            kinds.setdefault(name, set()).add(_kind(value))
-    fields: list[Field] = []
+def column_names(keys: Iterable[str]) -> list[str]:
+    """The keys that become columns, from a segment's top-level keys in order of first
+    appearance: those whose name can be a column (:func:`name_problem`), and of several
+    spellings that differ only in case, the first."""
+    names: list[str] = []
     taken: set[str] = set()
-    for name, seen in kinds.items():
+    for name in dict.fromkeys(keys):
         if name_problem(name) is not None or name.lower() in taken:
             continue
         taken.add(name.lower())
-        fields.append(Field(name, _decide(seen)))
+        names.append(name)
+    return names
+
+
+def infer_texts(columns: Mapping[str, Iterable[str | None]]) -> PayloadSchema:
+    """The schema of the first data, from the JSON text of every value of each column
+    (:func:`column_names`, in order; None where a record lacks the key), as the converter's
+    parser read them: each column gets the narrowest type every value fits (:func:`text_kind`).
+    No columns: an empty schema, which the store never pins."""
+    fields = []
+    for name, texts in columns.items():
+        fields.append(Field(name, _decide({text_kind(t) for t in texts})))
     return PayloadSchema(tuple(fields))
+
+
+def infer(records: Iterable[Mapping[str, Any]]) -> PayloadSchema:
+    """The schema of decoded records (Python objects, standard JSON): every usable top-level
+    field, in order of appearance, each value judged from its JSON text like
+    :func:`infer_texts` (which the converter uses, on its own parser's texts)."""
+    rows = list(records)
+    names = column_names(k for record in rows for k in record)
+    return infer_texts({name: [json.dumps(r[name], separators=(",", ":")) if name in r else None
+                               for r in rows] for name in names})
 
 
 # ------------------------------------------------------------------------------- the store
@@ -424,9 +448,12 @@ class SchemaStore:
 
     def pin(self, schema: PayloadSchema) -> PayloadSchema:
         """Fix ``schema`` for good (durably, when there is a pin path, and at the destination,
-        when shared) unless one is in force; return the one in force."""
+        when shared) unless one is in force; return the one in force. An empty schema is
+        never fixed (ValueError): it would give every later file no payload columns."""
         with self._lock:
             if self._schema is None:
+                if not schema.fields:
+                    raise ValueError("an empty schema is never pinned")
                 self._pin(schema)
             elif not self._agreed:
                 self._agree(self._schema)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from wal_bridge import durable
-from wal_bridge.conversion import Converter
+from wal_bridge.conversion import Converter, SchemaUndecided
 from wal_bridge.errors import CorruptionError, DiskFullError, SinkError
 from wal_bridge.logs import RateLimited, get_logger
 from wal_bridge.metrics import Metrics
@@ -45,6 +45,9 @@ class Sealer:
         self.schema_blocked: str | None = None
         self._schema_wait = 0.0
         self._schema_retry_at = 0.0
+        # Segments whose records gave no column while no schema was in force: converted once
+        # one is (SchemaUndecided), while later segments go ahead.
+        self._undecided: set[int] = set()
 
     def step(self) -> bool:
         """Seal if due, then convert the oldest sealed segment that no other thread is
@@ -70,8 +73,10 @@ class Sealer:
 
     def _claim(self) -> Segment | None:
         with self._claims:
+            decided = self.converter.store.schema is not None
             for segment in self.wal.to_convert():
-                if segment.seq not in self._claimed:
+                if segment.seq not in self._claimed and (decided
+                                                         or segment.seq not in self._undecided):
                     self._claimed.add(segment.seq)
                     return segment
         return None
@@ -90,6 +95,10 @@ class Sealer:
         except SinkError as exc:  # only the schema store reaches the destination here
             self._wait_for_destination(segment, exc)
             return False
+        except SchemaUndecided:  # logged there; converted once a schema is in force
+            self._undecided.add(segment.seq)
+            return False
+        self._undecided.discard(segment.seq)
         self.schema_blocked, self._schema_wait = None, 0.0
         final = self.wal.parquet_path(segment.seq)
         tmp = durable.temp_path(final)

@@ -71,7 +71,7 @@ def bridge(tmp_path: Path) -> Iterator[Bridge]:
 def records(first: int, count: int) -> RecordColumns:
     offsets = list(range(first, first + count))
     return RecordColumns(["events"] * count, [0] * count, offsets, [1_700_000_000_000] * count,
-                         [None] * count, [b"{}"] * count, [None] * count)
+                         [None] * count, [b"{\"n\":1}"] * count, [None] * count)
 
 
 def test_the_status_reports_the_wal_and_the_stages(bridge: Bridge) -> None:

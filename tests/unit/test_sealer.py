@@ -100,3 +100,26 @@ def test_a_destination_that_cannot_store_the_schema_holds_conversion_back(
     assert sealer.schema_blocked is None
     assert wal.to_convert() == []
     assert wal.to_ship()[0].converted
+
+
+def test_a_segment_without_columns_waits_for_one_that_decides_the_schema(
+        tmp_path: Path) -> None:
+    """With no schema yet, a first segment of ``{}`` records is passed over (it decides
+    nothing), the next segment fixes the schema, and then the first converts with it."""
+    root = tmp_path / "wal"
+    wal = Wal.open(root, keys=Destination("gs", "bucket", "raw"), batch_size=3)
+    empty = RecordColumns(["events"] * 3, [0] * 3, [0, 1, 2], [1_700_000_000_000] * 3,
+                          [None] * 3, [b"{}"] * 3, [None] * 3).to_arrow()
+    wal.append(empty)
+    wal.append(batch(3, 3))
+    converter = CountingConverter(SchemaStore.open(root))
+    sealer = Sealer(wal, converter)
+    while sealer.step():
+        pass
+    assert wal.to_convert() == []
+    assert dict(converter.converted) == {1: 2, 2: 1}  # the first: passed over, then converted
+    assert json.loads((root / "schema.json").read_text()) == [
+        {"name": "n", "type": "int64"}, {"name": "name", "type": "string"}]
+    first = pq.read_table(wal.parquet_path(1))
+    assert first.column_names[:3] == ["n", "name", "_extra"]
+    assert first.column("_kafka_offset").to_pylist() == [0, 1, 2]

@@ -42,9 +42,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wal_bridge.conversion import general
-from wal_bridge.conversion.duck import Duck
+from wal_bridge.conversion.duck import Duck, values_query
 from wal_bridge.conversion.flat import read_flat
-from wal_bridge.conversion.screen import Reason, Rejects, forgiven, objects, screen
+from wal_bridge.conversion.screen import Reason, Rejects, forgiven, screen, strict_look
+from wal_bridge.logs import get_logger
 from wal_bridge.parquet import DEAD_LETTER_SCHEMA, TS_TYPE, WAL_COLUMNS, data_schema
 from wal_bridge.schema import (
     EXTRA_COLUMN,
@@ -58,12 +59,22 @@ from wal_bridge.schema import (
     PayloadSchema,
     SchemaStore,
     SharedSchema,
-    infer,
+    column_names,
+    infer_texts,
 )
 from wal_bridge.wal.codec import BATCH_SCHEMA
 from wal_bridge.wal.segment import SealInfo
 
-__all__ = ["Converted", "Converter", "Reason"]
+__all__ = ["Converted", "Converter", "Reason", "SchemaUndecided"]
+
+log = get_logger("wal_bridge.conversion")
+
+
+class SchemaUndecided(Exception):
+    """No schema is in force yet and this segment's records give no column (``{}``, or only
+    keys that cannot be columns): it does not decide the schema, and cannot be written before
+    one is decided. Convert it again once a schema is in force (a later segment with fields,
+    or SCHEMA_FILE)."""
 
 
 @dataclass(frozen=True)
@@ -111,13 +122,7 @@ class Converter:
         rows, text = screen(table.column("_value"), self.max_record_bytes, rejects)
         schema = self.store.agreed()
         if schema is None and len(rows):
-            first_data = objects(text)
-            if not first_data:  # no record is a standard JSON object: say why of each (rare)
-                rows, text = forgiven(rows, text, rejects)
-                first = general.parse(self._duck, rows, text, (), rejects).kept()
-                rows, text = first.rows, first.text
-            if len(rows):
-                schema = self.store.pin(infer(first_data))
+            rows, text, schema = self._first_schema(rows, text, rejects, seal)
         failures = 0
         if schema is None or not len(rows):
             payload = _empty(schema, len(rows))
@@ -132,6 +137,41 @@ class Converter:
             schema=data_schema(schema),
         )
         return Converted(data, _dead_letters(table, rejects, seal), failures)
+
+
+    def _first_schema(self, rows: pa.Array, text: pa.StringArray, rejects: Rejects,
+                      seal: SealInfo) -> tuple[pa.Array, pa.StringArray, PayloadSchema | None]:
+        """No schema yet: decide it from this segment's records as conversion itself reads
+        them. The same checks and the same parser (DuckDB) that decide which records are rows
+        decide which records shape the schema, and each value's kind is read from the JSON
+        text that parser gives (:func:`wal_bridge.schema.infer_texts`), so inference and
+        conversion cannot disagree on what a record is. Returns the rows left, their text and
+        the schema in force (None when no record is left); raises SchemaUndecided when the
+        records give no column."""
+        rows, text = forgiven(rows, text, rejects)
+        # NaN and Infinity: any record holding them is a dead letter once converted (see
+        # general's step 3), so it must not shape the schema either.
+        suspect = pc.match_substring_regex(text, general.NONSTANDARD_NUMBER)
+        rows, text = strict_look(rows, text, suspect, rejects)
+        first = general.parse(self._duck, rows, text, (), rejects).kept()
+        if not len(first.rows):
+            return first.rows, first.text, None
+        shapes = first.shapes  # the shapes of the rows kept, in order of first appearance
+        used = sorted(pc.unique(shapes.ids).to_pylist())
+        names = column_names(k for shape in used for k in shapes.keys[shape])
+        texts: dict[str, list[str | None]] = {}
+        if names:
+            src = pa.table({"i": first.rows, "v": first.text})
+            values = self._duck.query(values_query(names), src).column("s").combine_chunks()
+            texts = {name: values.field(j).cast(pa.string()).to_pylist()
+                     for j, name in enumerate(names)}
+        inferred = infer_texts(texts)
+        if not inferred.fields:
+            log.warning("schema_undecided", segment=seal.segment, records=len(first.rows),
+                        reason="no record of the segment has a field that can be a column; "
+                               "it waits for data with fields, or for SCHEMA_FILE")
+            raise SchemaUndecided(f"segment {seal.segment}: no column in its records")
+        return first.rows, first.text, self.store.pin(inferred)
 
 
 def _empty(schema: PayloadSchema | None, n: int) -> dict[str, pa.Array]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import pyarrow as pa
@@ -30,6 +32,14 @@ class Reason(enum.StrEnum):
     NOT_JSON = "not_json"
     NOT_OBJECT = "not_object"
     DUPLICATE_KEY = "duplicate_key"
+    TOO_DEEP = "too_deep"
+
+
+# Deepest nesting of arrays and objects a record may have (the object itself is level 1). DuckDB
+# parses any depth, Python's json stops near its recursion limit (1,000 frames): records deeper
+# than this are dead letters (``too_deep``) before either parser sees them, so both read exactly
+# the same records.
+MAX_DEPTH = 500
 
 
 @dataclass
@@ -76,32 +86,43 @@ def strict_verdict(text: str) -> tuple[Reason, str] | None:
     return None
 
 
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    decoded = dict(pairs)
-    if len(decoded) != len(pairs):
-        raise ValueError("a key appears more than once")
-    return decoded
+def depth(text: str) -> int:
+    """How deeply the arrays and objects of a JSON text nest (0 for a scalar, 1 for ``{}``),
+    counted without recursion, brackets inside strings aside."""
+    brackets = _BRACKET.findall(_STRING.sub("", text))
+    return max(accumulate(1 if b in "[{" else -1 for b in brackets), default=0)
 
 
-def objects(text: pa.StringArray) -> list[dict[str, Any]]:
-    """The records that are standard JSON objects without a repeated key, as Python objects:
-    what the first data's schema is inferred from (once per WAL)."""
-    out = []
-    for value in text.to_pylist():
-        try:
-            decoded = json.loads(value, parse_constant=_reject_constant,
-                                 object_pairs_hook=_unique_pairs)
-        except (ValueError, RecursionError):
-            continue  # rejected later, so it must not shape the schema
-        if isinstance(decoded, dict):
-            out.append(decoded)
-    return out
+def _too_deep(rows: pa.Array, text: pa.StringArray, lengths: pa.Array,
+              rejects: Rejects) -> tuple[pa.Array, pa.StringArray]:
+    """Reject the records nested deeper than MAX_DEPTH. Only a value longer than 2 x MAX_DEPTH
+    bytes can be (each level takes an opening and a closing bracket), and only those are
+    looked at, in Python."""
+    long = pc.greater(lengths, _DEEP_BYTES)
+    if pc.any(long).as_py():  # and holds that many opening brackets
+        opening = pc.add(pc.count_substring(text, "["), pc.count_substring(text, "{"))
+        long = pc.and_(long, pc.greater(opening, _MAX_DEPTH))
+    if not pc.any(long).as_py():
+        return rows, text
+    bad = []
+    for row, value in zip(rows.filter(long).to_pylist(), text.filter(long).to_pylist(),
+                          strict=True):
+        if (levels := depth(value)) > MAX_DEPTH:
+            rejects.add(row, Reason.TOO_DEEP,
+                        f"arrays and objects nest {levels} levels deep; at most {MAX_DEPTH} are "
+                        "read")
+            bad.append(row)
+    if bad:
+        keep = pc.invert(pc.is_in(rows, value_set=pa.array(bad, pa.int64())))
+        rows, text = rows.filter(keep), text.filter(keep)
+    return rows, text
 
 
 def screen(values: pa.ChunkedArray, max_record_bytes: int,
            rejects: Rejects) -> tuple[pa.Array, pa.StringArray]:
     """Rows whose value may be a JSON object (as int64 row numbers and text); reject the rest
-    (tombstones, empty, over ``max_record_bytes``, invalid UTF-8, no object)."""
+    (tombstones, empty, over ``max_record_bytes``, invalid UTF-8, nested deeper than
+    MAX_DEPTH, no object)."""
     raw = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
     n = len(raw)
     lengths = pc.binary_length(raw)
@@ -127,6 +148,8 @@ def screen(values: pa.ChunkedArray, max_record_bytes: int,
         text = raw.cast(pa.string())
     except pa.ArrowInvalid:
         rows, text = _utf8(rows, raw, rejects)
+    if len(text) and pc.max(lengths).as_py() > 2 * MAX_DEPTH:
+        rows, text = _too_deep(rows, text, pc.binary_length(text), rejects)
     # A JSON object starts with "{" and ends with "}", give or take whitespace. Anything else
     # gets a strict look in Python, which also says what is wrong: rare, and mostly bad, so
     # it may be slow.
@@ -192,3 +215,7 @@ def _arange(n: int) -> pa.Array:
 # Arrow scalars made once: a Python literal in a compute call costs a slow conversion each time.
 _ZERO, _ONE = pa.scalar(0, pa.int64()), pa.scalar(1, pa.int64())
 _FALSE = pa.scalar(False, pa.bool_())
+_DEEP_BYTES = pa.scalar(2 * MAX_DEPTH, pa.int32())
+_MAX_DEPTH = pa.scalar(MAX_DEPTH, pa.int32())
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')  # a JSON string, escapes included
+_BRACKET = re.compile(r"[\[\]{}]")
