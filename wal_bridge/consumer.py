@@ -84,15 +84,25 @@ def high_watermarks_from_stats(raw: str, assigned: Iterable[TP]) -> dict[TP, int
     return result
 
 
-def lag_of(positions: Mapping[TP, int], ends: Mapping[TP, int]) -> dict[TP, int]:
-    """Records in Kafka past what the WAL holds, per partition known to both mappings.
+def lag_of(positions: Mapping[TP, int], ends: Mapping[TP, int],
+           read: Mapping[TP, int] | None = None) -> dict[TP, int]:
+    """Offsets left to consume past what the WAL holds, per partition known to ``positions``
+    and ``ends``.
 
     ``positions``: the next offset after the last durable record; ``ends``: from
-    :func:`high_watermarks_from_stats`. Never negative: statistics a few seconds old can trail
-    the position.
+    :func:`high_watermarks_from_stats`; ``read``: the consumer's own position (the offset after
+    the last record or control record it returned), given only for partitions none of whose
+    returned records still waits to be made durable. Offsets are not dense: a transaction's
+    commit or abort marker, an aborted record (read_committed) and a record removed by
+    compaction hold an offset that no record brings, so after a partition whose last offset is
+    a marker is fully consumed the last durable record is followed by offsets that will never
+    come, and only the consumer's position (past the marker; librdkafka advances it over
+    control records) says they were read. Never negative: statistics a few seconds old can
+    trail the position.
     """
-    return {tp: max(0, end - positions[tp]) for tp, end in sorted(ends.items())
-            if tp in positions}
+    read = read or {}
+    return {tp: max(0, end - max(positions[tp], read.get(tp, -1)))
+            for tp, end in sorted(ends.items()) if tp in positions}
 
 
 def should_pause(wal_bytes: int, cap: int, *, paused: bool) -> bool:
@@ -144,6 +154,7 @@ class BridgeConsumer:
         self._last_policy_commit = 0.0
         self.metrics = metrics or Metrics()
         self.high_watermarks: dict[TP, int] = {}  # from the client's statistics (lag gauge)
+        self._read: dict[TP, int] = {}  # the consumer's position at those statistics
         self.rebalanced = False  # set at the first assignment (readiness)
 
     def subscribe(self) -> None:
@@ -371,9 +382,21 @@ class BridgeConsumer:
         return dict(self._appended)
 
     def lag(self) -> dict[TP, int]:
-        """Per assigned partition, records in Kafka past what the WAL holds (see
-        :func:`lag_of`); empty until the client's first statistics arrive."""
-        return lag_of(self.positions(), self.high_watermarks)
+        """Per assigned partition, offsets left to consume past what the WAL holds (see
+        :func:`lag_of`: 0 once a partition ending with a transaction marker is fully read);
+        empty until the client's first statistics arrive."""
+        held = self._pending_partitions()
+        read = {tp: pos for tp, pos in self._read.items() if tp not in held}
+        return lag_of(self.positions(), self.high_watermarks, read)
+
+    def _pending_partitions(self) -> set[TP]:
+        """Partitions with polled records not yet durable (a full disk): their consumer
+        position is ahead of the WAL because of records, not markers."""
+        batch = self._pending
+        if batch is None:
+            return set()
+        topics = batch.column("_topic").dictionary_decode().to_pylist()
+        return set(zip(topics, batch.column("_partition").to_pylist(), strict=True))
 
     # ----------------------------------------------------------------------------- errors
 
@@ -385,6 +408,15 @@ class BridgeConsumer:
 
     def _on_stats(self, raw: str) -> None:
         self.high_watermarks = high_watermarks_from_stats(raw, self._assigned)
+        # The consumer's position, taken here on the polling thread (the metrics thread only
+        # reads the copy): with the end above, what lag() compares.
+        held = self._pending_partitions()
+        try:
+            self._read = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(
+                [TopicPartition(t, p) for t, p in self._assigned])
+                if (tp.topic, tp.partition) not in held}
+        except KafkaException:
+            self._read = {}
 
     def poll_callbacks(self, timeout: float = 0.1) -> None:
         """Serve rebalance and commit callbacks without taking records (partitions paused)."""

@@ -47,6 +47,21 @@ def test_lag_is_what_kafka_holds_past_the_wal_never_negative() -> None:
     assert lag_of(positions, ends) == {("events", 0): 20, ("events", 1): 0}
 
 
+def test_lag_is_0_when_the_partition_ends_with_a_transaction_marker() -> None:
+    """Last record at 6, commit marker at 7, end 8: the consumer's position (8, past the
+    marker) says nothing is left; without it the marker would count as one record to go."""
+    durable, ends = {("events", 0): 7}, {("events", 0): 8}
+    assert lag_of(durable, ends) == {("events", 0): 1}
+    assert lag_of(durable, ends, {("events", 0): 8}) == {("events", 0): 0}
+
+
+def test_the_consumers_position_counts_only_when_ahead_of_the_wal() -> None:
+    """A position behind the WAL (just assigned) or unknown (-1001) leaves the WAL's figure."""
+    durable, ends = {("events", 0): 40, ("events", 1): 10}, {("events", 0): 50, ("events", 1): 12}
+    read = {("events", 0): 30, ("events", 1): -1001}
+    assert lag_of(durable, ends, read) == {("events", 0): 10, ("events", 1): 2}
+
+
 @pytest.mark.parametrize(("wal_bytes", "paused", "expected"), [
     (1001, False, True),   # over the cap: pause
     (1000, False, False),  # at the cap: keep going
