@@ -117,6 +117,19 @@ def should_pause(wal_bytes: int, cap: int, *, paused: bool) -> bool:
     return paused and wal_bytes > cap * RESUME_FRACTION
 
 
+def stray_partitions(partitions: Iterable[TP], topics: Iterable[str]) -> list[TP]:
+    """The partitions of an assignment whose topic is not one of ``topics``, sorted.
+
+    Under the classic group protocol a static member (``group.instance.id``) that joins again
+    within the session timeout gets its previous assignment back without a rebalance, even
+    when it now subscribes to other topics: the broker compares only the protocol name
+    (KAFKA-12759). ``topics`` are literal names (KAFKA_TOPIC takes no patterns), so the
+    check is an exact match.
+    """
+    wanted = set(topics)
+    return sorted(tp for tp in partitions if tp[0] not in wanted)
+
+
 def columns_of(messages: Sequence[Any]) -> RecordColumns:
     """Columns of a polled batch: one C-level pass per field, no per-record Python logic."""
     return RecordColumns(
@@ -156,6 +169,11 @@ class BridgeConsumer:
         self.high_watermarks: dict[TP, int] = {}  # from the client's statistics (lag gauge)
         self._read: dict[TP, int] = {}  # the consumer's position at those statistics
         self.rebalanced = False  # set at the first assignment (readiness)
+        # Partitions assigned outside the subscription: held paused, never read or committed,
+        # until the member has left the group and joined again (see _rejoin_step).
+        self._stray: set[TP] = set()
+        self._rejoin: str | None = None  # None, "leave" or "join"
+        self._left_at = 0.0
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
@@ -172,10 +190,14 @@ class BridgeConsumer:
         with anything polled meanwhile added behind it: a polled record is never let go
         before it is durable, or its offset could be committed past it.
         """
+        if self._rejoin is not None:
+            self._rejoin_step()
         if self._pending is not None:
             timeout = min(timeout, 1.0)
         messages = self._consumer.consume(num_messages=self._poll_size(), timeout=timeout)
         good = [m for m in messages if m.error() is None]
+        if self._stray:  # paused, so nothing should come; never let a record of theirs in
+            good = [m for m in good if (m.topic(), m.partition()) not in self._stray]
         self.metrics.records_consumed.inc(len(good))
         if len(good) != len(messages):
             for m in messages:
@@ -264,6 +286,14 @@ class BridgeConsumer:
     # ----------------------------------------------------------------------------- rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        stray = set(stray_partitions(((p.topic, p.partition) for p in partitions),
+                                     self.settings.topics))
+        if stray:
+            self._hold_stray(consumer, [p for p in partitions
+                                        if (p.topic, p.partition) in stray])
+            partitions = [p for p in partitions if (p.topic, p.partition) not in stray]
+            if not partitions:
+                return
         wal_next = self.wal.next_offsets()
         try:
             committed = consumer.committed(partitions, timeout=30)
@@ -298,6 +328,41 @@ class BridgeConsumer:
         log.info("partitions_assigned", partitions=_names(partitions),
                  positions={f"{t.topic}[{t.partition}]": t.offset for t in partitions})
 
+    def _hold_stray(self, consumer: Consumer, stray: list[TopicPartition]) -> None:
+        """Partitions of topics not configured (:func:`stray_partitions`): assigned, so the
+        client's assignment stays the group's, but paused, never positioned, read or
+        committed; the next step leaves the group and joins again."""
+        for tp in stray:
+            tp.offset = OFFSET_INVALID
+        consumer.incremental_assign(stray)
+        consumer.pause(stray)
+        self._stray.update((p.topic, p.partition) for p in stray)
+        self._rejoin = "leave"
+        log.warning("assignment_outside_subscription", partitions=_names(stray),
+                    topics=list(self.settings.topics),
+                    action="leaving the group and joining again with the configured topics")
+
+    def _rejoin_step(self) -> None:
+        """Leave the group, then join again with the configured topics.
+
+        librdkafka sends LeaveGroup on ``unsubscribe()`` for a static member too (only
+        closing the client skips it, KIP-345), and clears the member id when it does; the
+        broker then forgets the member and its assignment, and the join that follows is a
+        new member's, which makes the group rebalance by the subscription. Subscribing before
+        the leave has gone out would fold the two into one join that keeps the member id, so
+        the join waits for the cleared member id (at most 30 s).
+        """
+        if self._rejoin == "leave":
+            self._consumer.unsubscribe()
+            self._rejoin = "join"
+            self._left_at = time.monotonic()
+        elif self._rejoin == "join" and (
+            not self._consumer.memberid() or time.monotonic() - self._left_at > 30
+        ):
+            self._rejoin = None
+            self.subscribe()
+            log.info("group_rejoined", topics=list(self.settings.topics))
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(p.topic, p.partition) for p in partitions}
         self._drop_pending(keys)
@@ -320,6 +385,7 @@ class BridgeConsumer:
 
     def _forget(self, keys: set[TP]) -> None:
         self._assigned -= keys
+        self._stray -= keys
         for key in keys:
             self._appended.pop(key, None)
             self._committed.pop(key, None)
@@ -371,7 +437,9 @@ class BridgeConsumer:
         self._paused = True
 
     def _assignment(self) -> list[TopicPartition]:
-        return list(self._consumer.assignment())
+        """The client's assignment, less stray partitions (they stay paused until revoked)."""
+        return [tp for tp in self._consumer.assignment()
+                if (tp.topic, tp.partition) not in self._stray]
 
     @property
     def paused(self) -> bool:

@@ -17,6 +17,7 @@ from wal_bridge.consumer import (
     high_watermarks_from_stats,
     lag_of,
     should_pause,
+    stray_partitions,
 )
 
 
@@ -119,3 +120,12 @@ def test_columns_of_a_polled_batch_keep_every_field_of_each_record() -> None:
     assert list(columns.values) == [b'{"n": 1}', None]
     assert list(columns.headers) == [[("trace", b"abc"), ("empty", None)], None]
     assert columns.to_arrow().num_rows == 2
+
+
+def test_partitions_of_topics_not_configured_are_stray() -> None:
+    """An assignment is checked by exact topic name: another topic, even one whose name starts
+    like a configured one, is stray; partitions of configured topics never are."""
+    assigned = [("t1", 2), ("t2", 0), ("t1", 0), ("t2-old", 1)]
+    assert stray_partitions(assigned, ("t2",)) == [("t1", 0), ("t1", 2), ("t2-old", 1)]
+    assert stray_partitions(assigned, ("t1", "t2", "t2-old")) == []
+    assert stray_partitions([], ("t2",)) == []
