@@ -284,6 +284,9 @@ class KafkaBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # The log cleaner looks for compactable logs every second (default 15 s), so a
+            # compacted topic's superseded records go within a test's patience.
+            "log.cleaner.backoff.ms": "1000",
             # After a kill -9 the controller refuses the new incarnation until the old
             # one's session expires (default 9 s); shorter, so kill+start takes less.
             "broker.session.timeout.ms": "4000",
