@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from wal_bridge.cli import main
-from wal_bridge.commands.audit import FOOTER_TAIL, Coverage, Piece, audit, coverages, sweep
+from wal_bridge.commands.audit import (
+    FOOTER_TAIL,
+    Coverage,
+    Piece,
+    audit,
+    coverages,
+    render,
+    sweep,
+    verify,
+)
+from wal_bridge.commands.common import PartitionOffsets, RecordsRead
 from wal_bridge.config import Destination, load_settings
 from wal_bridge.sink.local import LocalSink
 
@@ -22,8 +33,8 @@ def write_file(root: Path, key: str, segment: int, rows: dict[int, list[int]],
     offsets = [o for offs in rows.values() for o in offs]
     ranges = [{"topic": topic, "partition": p, "first_offset": min(o), "last_offset": max(o),
                "records": len(o)} for p, o in sorted(rows.items())]
-    table = pa.table({"_topic": [topic] * len(offsets), "_partition": partitions,
-                      "_offset": offsets})
+    table = pa.table({"_kafka_topic": [topic] * len(offsets), "_kafka_partition": partitions,
+                      "_kafka_offset": offsets})
     table = table.replace_schema_metadata({
         "wal_bridge.ranges": json.dumps(ranges), "wal_bridge.records": str(len(offsets)),
         "wal_bridge.segment": str(segment), "wal_bridge.instance": "bridge-a",
@@ -150,3 +161,92 @@ def test_audit_exits_1_on_a_gap_and_a_duplicate(tmp_path: Path) -> None:
     assert "GAP        events[0] offsets 100-149 (50 missing)" in table.output
     assert "DUPLICATE  events[0] offsets 180-199 (20 records)" in table.output
     assert "FAILED" in table.output
+
+
+def suspects(tmp_path: Path, sink: LocalSink | None = None) -> tuple[LocalSink, dict[str, Any]]:
+    """Partition 0 of a destination with a gap between files (10-19) and a segment 20-39
+    holding 15 rows (offsets 25-29 absent), audited without Kafka."""
+    write_file(tmp_path, "raw/dt=2026-01-01/a.parquet", 1, {0: list(range(0, 10))})
+    write_file(tmp_path, "raw/dt=2026-01-01/b.parquet", 2,
+               {0: [o for o in range(20, 40) if not 25 <= o <= 29]})
+    sink = sink or LocalSink(Destination("file", str(tmp_path), "raw"))
+    settings = load_settings({"DESTINATION": f"file://{tmp_path}"})
+    report = audit(settings, sink, None, kafka=False)
+    (row,) = report["partitions"]
+    assert [(g["first_offset"], g["missing"], g["verified"]) for g in row["gaps"]] == [
+        (10, 10, False)]
+    assert [(h["first_offset"], h["missing"], h["verified"]) for h in row["holes"]] == [
+        (20, 5, False)]
+    return sink, row
+
+
+def kafka_holds(records: set[int], **unread: list[tuple[int, int, str]]) -> RecordsRead:
+    return RecordsRead({("events", 0): records}, {("events", 0): unread["unread"]}
+                       if unread else {})
+
+
+def test_offsets_kafka_holds_no_record_for_are_not_gaps(tmp_path: Path) -> None:
+    """Compaction holes and transaction markers: Kafka delivers only the landed offsets, so
+    neither the gap between files nor the segment's missing rows are gaps, and the segment's
+    file is not even read (its footer count agrees with Kafka)."""
+    sink, row = suspects(tmp_path, TailOnlySink(tmp_path))
+    landed = set(range(0, 10)) | {o for o in range(20, 40) if not 25 <= o <= 29}
+
+    verify(sink, row, PartitionOffsets("events", 0, 0, 40, None), kafka_holds(landed))
+
+    assert (row["gaps"], row["holes"], row["unverifiable"]) == ([], [], [])
+    assert row["no_record_offsets"] == 15
+
+
+def test_records_kafka_holds_and_no_file_has_are_gaps_named_exactly(tmp_path: Path) -> None:
+    """Kafka delivers 12 and 27 as records: those two are gaps, the rest of each range held no
+    record; inside the segment the file's offsets are read to name the missing one."""
+    sink, row = suspects(tmp_path)
+    landed = set(range(0, 10)) | {o for o in range(20, 40) if not 25 <= o <= 29}
+
+    verify(sink, row, PartitionOffsets("events", 0, 0, 40, None),
+           kafka_holds(landed | {12, 27}))
+
+    assert [(g["first_offset"], g["last_offset"], g["missing"], g["verified"], g["after"])
+            for g in row["gaps"]] == [(12, 12, 1, True, ["raw/dt=2026-01-01/a.parquet"])]
+    assert [(h["first_offset"], h["last_offset"], h["missing"], h["keys"])
+            for h in row["holes"]] == [(27, 27, 1, ["raw/dt=2026-01-01/b.parquet"])]
+    assert row["no_record_offsets"] == 9 + 4
+
+
+def test_what_kafka_no_longer_holds_is_not_verifiable_and_does_not_fail(tmp_path: Path) -> None:
+    """Retention moved the earliest offset to 15 and 25-29 were not read in time: those
+    ranges are named as not verifiable, with why, and the audit stays OK."""
+    sink, row = suspects(tmp_path)
+    report = {"destination": "x", "group_id": None, "partitions": [row], "foreign_objects": [],
+              "kafka": {"checked": True, "available": True, "error": None},
+              "totals": {"objects": 2, "records": 25, "gaps": 0, "missing_offsets": 0,
+                         "duplicates": 0, "duplicated_records": 0}, "ok": True}
+
+    verify(sink, row, PartitionOffsets("events", 0, 15, 40, None),
+           kafka_holds(set(range(20, 25)) | set(range(30, 40)),
+                       unread=[(25, 29, "not read within 60 s")]))
+
+    assert (row["gaps"], row["holes"]) == ([], [])
+    assert [(u["first_offset"], u["last_offset"], u["why"]) for u in row["unverifiable"]] == [
+        (10, 14, "below the topic's earliest offset 15"),
+        (25, 29, "not read back from Kafka (not read within 60 s)")]
+    assert row["no_record_offsets"] == 5  # 15-19: read, no record
+    report["verification"] = {"against_kafka": True, "no_record_offsets": 5,
+                              "unverifiable_offsets": 10}
+    text = render(report)
+    assert ("UNVERIFIED events[0] not verifiable: offsets 10-14 are below the topic's earliest "
+            "offset 15") in text
+    assert "OK: no gaps" in text
+
+
+def test_without_kafka_gaps_are_possible_gaps_and_fail(tmp_path: Path) -> None:
+    """--no-kafka cannot tell a compaction hole from a loss: exit 1, each gap marked possible."""
+    suspects(tmp_path)
+    result = CliRunner().invoke(main, ["audit", "--destination", f"file://{tmp_path}",
+                                       "--no-kafka"])
+    assert result.exit_code == 1, result.output
+    assert ("GAP        events[0] offsets 10-19 (10 missing) between "
+            "raw/dt=2026-01-01/a.parquet and raw/dt=2026-01-01/b.parquet (possible gap: not "
+            "checked against Kafka)") in result.output
+    assert "FAILED: 2 possible gap(s) (15 offsets missing)" in result.output

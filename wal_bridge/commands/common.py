@@ -230,3 +230,66 @@ def kafka_offsets(settings: Settings, topics: Iterable[str], group_id: str | Non
     finally:
         consumer.close()
 
+
+
+@dataclass
+class RecordsRead:
+    """What :func:`record_offsets` found: per partition, the offsets Kafka delivered as
+    records inside the asked ranges, and the parts of those ranges it could not read to the
+    end (with why)."""
+
+    records: dict[tuple[str, int], set[int]]
+    unread: dict[tuple[str, int], list[tuple[int, int, str]]]
+
+
+def record_offsets(settings: Settings, ranges: dict[tuple[str, int], list[tuple[int, int]]],
+                   timeout: float = 60.0) -> RecordsRead:
+    """Which offsets inside ``ranges`` (inclusive) Kafka delivers as records.
+
+    A consumer with ``isolation.level=read_committed`` (as the bridge reads) is assigned at
+    each range's start and reads until it passes the range's end or reaches the end of the
+    partition, so offsets that hold no record (a transaction's commit or abort marker, an
+    aborted record, a record removed by compaction) are told apart from records. It never
+    joins a group or commits. Offsets below the partition's earliest offset are not asked for
+    here (the caller clamps); a range not read to its end within ``timeout`` seconds in all,
+    or whose read failed (the broker gone, retention passing the start), is returned in
+    ``unread`` from the first offset not read.
+    """
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    result = RecordsRead({tp: set() for tp in ranges}, {})
+    if not any(ranges.values()):
+        return result
+    consumer = Consumer({
+        **settings.kafka_config(), "group.id": f"wal-bridge-probe-{uuid.uuid4().hex}",
+        "enable.auto.commit": False, "enable.auto.offset.store": False,
+        "enable.partition.eof": True, "auto.offset.reset": "error",
+        "isolation.level": "read_committed", "fetch.wait.max.ms": 100,
+    })
+    deadline = time.monotonic() + timeout
+    try:
+        for (topic, partition), runs in sorted(ranges.items()):
+            got = result.records[(topic, partition)]
+            for first, last in sorted(runs):
+                position, why = first, f"not read within {timeout:g} s"
+                if time.monotonic() < deadline:
+                    consumer.assign([TopicPartition(topic, partition, first)])
+                failed = False
+                while position <= last and not failed and time.monotonic() < deadline:
+                    for m in consumer.consume(num_messages=1000, timeout=0.2):
+                        err = m.error()
+                        if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                            position = last + 1  # nothing past here yet: the range is read
+                        elif err is not None:
+                            why, failed = f"read failed: {err.str()}", True
+                            break
+                        elif (offset := m.offset()) is not None and offset >= position:
+                            if offset <= last:
+                                got.add(offset)
+                            position = offset + 1
+                if position <= last:
+                    result.unread.setdefault((topic, partition), []).append(
+                        (position, last, why))
+    finally:
+        consumer.close()
+    return result
