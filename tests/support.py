@@ -25,7 +25,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 def produce(bootstrap: str, topic: str, values: Iterable[bytes | None], *,
             partitions: int = 3, key: Callable[[int], bytes | None] | None = None) -> int:
     """Produce ``values`` round-robin over ``partitions``; return how many were produced."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    # Idempotence keeps each partition in the order produced, retries included: tests that
+    # expect record i at a computed offset depend on it.
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
+                         "enable.idempotence": True})
     count = 0
     for i, value in enumerate(values):
         while True:
