@@ -173,6 +173,11 @@ class BridgeConsumer:
         # until the member has left the group and joined again (see _rejoin_step).
         self._stray: set[TP] = set()
         self._rejoin: str | None = None  # None, "leave" or "join"
+        # A static member restarted within the session timeout gets its old assignment back
+        # without a rebalance, whatever it subscribes to now (KAFKA-12759): with KAFKA_TOPIC
+        # changed since the last run, the first assignment is followed by a leave and a join,
+        # so that the group rebalances by the new subscription (a topic added, too).
+        self._resubscribe = wal.subscription_changed(tuple(settings.topics))
         self._left_at = 0.0
 
     def subscribe(self) -> None:
@@ -286,6 +291,14 @@ class BridgeConsumer:
     # ----------------------------------------------------------------------------- rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._resubscribe and self._rejoin is None:
+            self._resubscribe = False
+            self._rejoin = "leave"
+            log.warning("subscription_changed", topics=list(self.settings.topics),
+                        action="leaving the group and joining again, so that it rebalances "
+                               "by the new topics")
+        elif self._rejoin is None:
+            self.wal.record_subscription(tuple(self.settings.topics))
         stray = set(stray_partitions(((p.topic, p.partition) for p in partitions),
                                      self.settings.topics))
         if stray:

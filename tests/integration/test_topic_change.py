@@ -92,3 +92,48 @@ def test_a_restart_on_another_topic_with_the_same_identity_lands_the_new_topic(
         assert stray[0]["level"] == "warning"
     finally:
         bridge.stop()
+
+
+def test_a_restart_with_a_topic_added_under_the_same_identity_lands_both(
+    kafka: KafkaHandle, gcs: GcsHandle, bucket: str, tmp_path: Path
+) -> None:
+    """Run on T1, SIGTERM, start again on T1,T2 at once (same group, same INSTANCE_ID): every
+    partition handed back is of a configured topic, yet T2 would get no owner; the bridge
+    remembers its last topics in WAL_DIR, sees the change, rejoins, and T2's records land
+    exactly once beside T1's."""
+    unique = uuid.uuid4().hex[:8]
+    t1 = kafka.create_topic(f"topic-added-t1-{unique}", partitions=3)
+    t2 = kafka.create_topic(f"topic-added-t2-{unique}", partitions=3)
+    group = f"g-{unique}"
+    env = bridge_env(bootstrap=kafka.bootstrap, topic=t1, destination=f"gs://{bucket}/raw",
+                     wal_dir=tmp_path / "wal", emulator=gcs.url, KAFKA_GROUP_ID=group,
+                     INSTANCE_ID=f"same-id-{unique}")
+    bridge = BridgeProcess(env, tmp_path / "bridge.log")
+    try:
+        produce(kafka.bootstrap, t1, [event(i) for i in range(30)])
+        bridge.start()
+        wait_for(lambda: sum(landed_by_topic(gcs, bucket).values()) >= 30, 90,
+                 "T1's 30 records in the bucket", on_timeout=lambda: bridge.log()[-4000:])
+        assert bridge.terminate() == 0
+        assert json.loads((tmp_path / "wal" / "subscription.json").read_text()) == {
+            "topics": [t1]}
+
+        produce(kafka.bootstrap, t2, [event(1000 + i) for i in range(50)])
+        produce(kafka.bootstrap, t1, [event(2000 + i) for i in range(9)])
+        first_run = len(bridge.log())
+        bridge.start(KAFKA_TOPIC=f"{t1},{t2}")
+        wait_for(lambda: sum(landed_by_topic(gcs, bucket).values()) >= 89, 120,
+                 "T2's 50 and T1's 9 new records in the bucket",
+                 on_timeout=lambda: bridge.log()[first_run:][-4000:])
+        assert bridge.terminate() == 0
+        second_run = bridge.log()[first_run:]
+
+        counts = landed_by_topic(gcs, bucket)
+        assert not {k: n for k, n in counts.items() if n > 1}, "duplicates landed"
+        assert sum(1 for (t, _, _) in counts if t == t2) == 50
+        assert sum(1 for (t, _, _) in counts if t == t1) == 39
+        assert '"subscription_changed"' in second_run
+        assert json.loads((tmp_path / "wal" / "subscription.json").read_text()) == {
+            "topics": [t1, t2]}
+    finally:
+        bridge.stop()

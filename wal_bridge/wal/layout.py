@@ -5,6 +5,7 @@ Layout of ``WAL_DIR``::
     LOCK                         flock held by the running process (its pid inside)
     instance.json                this instance's identity, fixed at first start
     state.json                   per partition, the next offset after what was shipped
+    subscription.json            the topics the consumer last ran with (KAFKA_TOPIC)
     segments/N.open              the active segment, appended and fsynced per polled batch
     segments/N.sealed            sealed: immutable, its seal frame names its object key
     segments/N.torn              damaged tail bytes cut off an open segment at recovery
@@ -56,6 +57,10 @@ class WalLayout:
     @property
     def state(self) -> Path:
         return self.root / "state.json"
+
+    @property
+    def subscription(self) -> Path:
+        return self.root / "subscription.json"
 
     @property
     def segments(self) -> Path:
@@ -176,6 +181,13 @@ class WalLayout:
         """This WAL's instance id, or None before its first start (or when unreadable)."""
         info = read_json(self.identity)
         return str(info["instance_id"]) if info and "instance_id" in info else None
+
+    def read_subscription(self) -> tuple[str, ...] | None:
+        """The topics this WAL's consumer last ran with, or None before the first assignment
+        (or when unreadable)."""
+        info = read_json(self.subscription)
+        topics = info.get("topics") if info else None
+        return tuple(str(t) for t in topics) if isinstance(topics, list) else None
 
     def read_quarantine(self) -> list[QuarantineEntry]:
         """Every quarantined segment: its reason file and, when still there, its file."""

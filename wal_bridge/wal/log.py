@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import threading
 import time
@@ -479,6 +480,18 @@ class Wal:
             return dict(self.outbox.shipped_next)
 
     # ----------------------------------------------------------------------------- sizes
+
+    def subscription_changed(self, topics: tuple[str, ...]) -> bool:
+        """Whether the consumer last ran on other topics than ``topics`` (False the first
+        time): a static member coming back would get the old topics' partitions."""
+        before = self.layout.read_subscription()
+        return before is not None and sorted(before) != sorted(topics)
+
+    def record_subscription(self, topics: tuple[str, ...]) -> None:
+        """Remember ``topics`` as the ones the consumer now runs with (durably)."""
+        if self.layout.read_subscription() != tuple(topics):
+            durable.write_atomic(self.layout.subscription,
+                                 json.dumps({"topics": list(topics)}).encode())
 
     def total_bytes(self) -> int:
         """Bytes of segments and Parquet files not yet shipped (what WAL_MAX_BYTES caps)."""
