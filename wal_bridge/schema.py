@@ -31,6 +31,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -238,11 +239,27 @@ def _parse_field(position: int, item: Any, seen: dict[str, str]) -> Field:
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 
 
+def carried(text: str) -> bool:
+    """Does a double (a float64 column) carry the JSON number ``text`` exactly? The double
+    nearest to it, printed in the shortest form that reads back to it (Python's ``repr``), must
+    be the same number: ``0.1``, ``2.50``, ``1E-7``, ``1e2`` and ``-0`` are carried;
+    ``0.30000000000000004441``, ``9007199254740993``, ``1e-400`` and ``1e400`` are not."""
+    try:
+        nearest = float(text)
+        return abs(nearest) != _INF and Decimal(repr(nearest)) == Decimal(text)
+    except (ValueError, InvalidOperation):
+        return False
+
+
+_INF = float("inf")
+
+
 def text_kind(text: str | None) -> str:
     """The kind of one JSON value, read from its JSON text as the converter's parser gives it
-    (None or ``null``: a JSON null): null, bool, int (within int64), bigint, float, timestamp,
-    string or nested. Inference reads only this, so the schema is decided from what conversion
-    reads, never from a second parser's idea of the record."""
+    (None or ``null``: a JSON null): null, bool, int (within int64, carried by a double too),
+    wideint (within int64 only), bigint, float (carried by a double: :func:`carried`),
+    widefloat, timestamp, string or nested. Inference reads only this, so the schema is
+    decided from what conversion reads, never from a second parser's idea of the record."""
     if text is None or text == "null":
         return "null"
     if text in ("true", "false"):
@@ -253,9 +270,15 @@ def text_kind(text: str | None) -> str:
         return "timestamp" if is_timestamp(value) else "string"
     if first in "[{":
         return "nested"
+    return _number_kind(text)
+
+
+def _number_kind(text: str) -> str:
     if _INTEGER.fullmatch(text):
-        return "int" if INT64_MIN <= int(text) <= INT64_MAX else "bigint"
-    return "float"
+        if not INT64_MIN <= int(text) <= INT64_MAX:
+            return "bigint"
+        return "int" if carried(text) else "wideint"  # wideint: int64 only, not float64
+    return "float" if carried(text) else "widefloat"
 
 
 def is_timestamp(text: str) -> bool:
@@ -277,7 +300,7 @@ def is_timestamp(text: str) -> bool:
 # Which column type a set of value kinds (nulls left out) becomes, first match wins.
 _RULES: tuple[tuple[frozenset[str], FieldType], ...] = (
     (frozenset({"bool"}), FieldType.BOOL),
-    (frozenset({"int"}), FieldType.INT64),
+    (frozenset({"int", "wideint"}), FieldType.INT64),
     (frozenset({"int", "float"}), FieldType.FLOAT64),
     (frozenset({"timestamp"}), FieldType.TIMESTAMP),
     (frozenset({"string", "timestamp"}), FieldType.STRING),
@@ -285,8 +308,10 @@ _RULES: tuple[tuple[frozenset[str], FieldType], ...] = (
 
 
 def _decide(kinds: set[str]) -> FieldType:
-    """Null-only (nothing tells the type), nested, integers beyond int64, and mixed kinds (a
-    number here, a string there) become json: such a column takes every later value exactly."""
+    """Null-only (nothing tells the type), nested, integers beyond int64, numbers a double
+    does not carry (with no other kind of number an int64 column would take), and mixed kinds
+    (a number here, a string there) become json: such a column takes every later value
+    exactly."""
     kinds = kinds - {"null"}
     for allowed, kind in _RULES:
         if kinds and kinds <= allowed:

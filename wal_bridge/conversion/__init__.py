@@ -41,7 +41,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wal_bridge.conversion import general
+from wal_bridge.conversion import general, numbers
 from wal_bridge.conversion.duck import Duck, values_query
 from wal_bridge.conversion.flat import read_flat
 from wal_bridge.conversion.screen import Reason, Rejects, forgiven, screen, strict_look
@@ -159,13 +159,16 @@ class Converter:
         shapes = first.shapes  # the shapes of the rows kept, in order of first appearance
         used = sorted(pc.unique(shapes.ids).to_pylist())
         names = column_names(k for shape in used for k in shapes.keys[shape])
-        texts: dict[str, list[str | None]] = {}
+        texts: dict[str, pa.Array] = {}
         if names:
             src = pa.table({"i": first.rows, "v": first.text})
             values = self._duck.query(values_query(names), src).column("s").combine_chunks()
-            texts = {name: values.field(j).cast(pa.string()).to_pylist()
-                     for j, name in enumerate(names)}
-        inferred = infer_texts(texts)
+            texts = {name: values.field(j).cast(pa.string()) for j, name in enumerate(names)}
+            # Each number as the record wrote it, as conversion will read it.
+            which = numbers.suspects(first.text, list(texts.values()), {})
+            if which is not None:
+                texts, _ = numbers.patch(texts, first.text, which)
+        inferred = infer_texts({name: t.to_pylist() for name, t in texts.items()})
         if not inferred.fields:
             log.warning("schema_undecided", segment=seal.segment, records=len(first.rows),
                         reason="no record of the segment has a field that can be a column; "

@@ -3,7 +3,8 @@
 Each column is made from the JSON text of its field's value in every record (a "fragment",
 minified by the parser: numbers, strings with their quotes, objects...). A value fits its
 column only if its JSON type is the column's: a string column takes strings (not numbers), an
-int64 column integers (not 1.5 or "1"), a float64 column any number, a bool column true or
+int64 column integers (not 1.5 or "1"), a float64 column any number a double carries exactly
+(:func:`wal_bridge.conversion.numbers.carried`), a bool column true or
 false, a timestamp column a string matching TIMESTAMP_PATTERN, a json column anything. A value
 that does not fit gives NULL here, and the caller keeps it in _extra.
 """
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
+from wal_bridge.conversion import numbers
 from wal_bridge.schema import (
     INT64_MAX,
     INT64_MIN,
@@ -50,7 +52,8 @@ def cast_fragments(kind: FieldType, frags: pa.Array) -> pa.Array:
         except pa.ArrowInvalid:
             ok = pc.match_substring_regex(frags, _NUMBER)
             values = pc.if_else(ok, frags, _none(pa.string())).cast(pa.float64())
-        return pc.if_else(pc.is_finite(values), values, _none(pa.float64()))
+        values = pc.if_else(pc.is_finite(values), values, _none(pa.float64()))
+        return _carried(frags, values)
     return _timestamps(frags)
 
 
@@ -99,6 +102,32 @@ def _optimistic(frags: pa.Array, kind: pa.DataType) -> pa.Array:
     this cast reads is a JSON number; a quoted "5" or a true makes it fail, and the caller
     checks value by value."""
     return frags.cast(kind)
+
+
+def _carried(frags: pa.Array, values: pa.Array) -> pa.Array:
+    """``values`` (the doubles read from ``frags``) NULL where the double does not carry the
+    number exactly (:func:`wal_bridge.schema.carried`). Only numbers of 16 or more digits, and
+    zero or subnormal doubles, can fail, and only those are checked in Python."""
+    smallest = pc.min(pc.abs(values)).as_py()
+    tiny = smallest is not None and smallest < numbers.TINY
+    long = numbers.long_digits(frags)
+    if not (tiny or long):
+        return values
+    check = pc.less(pc.abs(values), _TINY)
+    if long:
+        check = pc.or_(check, pc.match_substring_regex(frags, numbers.LONG_DIGITS))
+    check = pc.fill_null(check, _FALSE)
+    if not pc.any(check).as_py():
+        return values
+    lost = [not numbers.carried(t) for t in frags.filter(check).to_pylist()]
+    if not any(lost):
+        return values
+    return pc.replace_with_mask(values, check, pc.if_else(pa.array(lost, pa.bool_()),
+                                                          _none(pa.float64()),
+                                                          values.filter(check)))
+
+
+_TINY = pa.scalar(numbers.TINY, pa.float64())
 
 
 def _ints(frags: pa.Array) -> pa.Array:

@@ -18,6 +18,9 @@ makes it give up (each one costs the segment one extra attempt, a few millisecon
   records, and the general converter sends them to ``_extra`` or the dead-letter table);
 - any value of the wrong JSON type for its column, an integer beyond int64, or a number in a
   float64 column that is not finite (NaN, Infinity, or beyond float64);
+- a float64 member of 16 or more digits in a row, or a float64 value that is zero or
+  subnormal: a number a double may not carry, which the general converter checks one by
+  one (:mod:`wal_bridge.conversion.numbers`);
 - a record that is more than one JSON value, or that is not JSON at all;
 - a timestamp column whose values are not all timestamps.
 
@@ -32,8 +35,10 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from wal_bridge.conversion.casting import cast_fragments
+from wal_bridge.conversion.numbers import TINY, long_digits, long_member
 from wal_bridge.schema import FieldType, PayloadSchema
 
+_TINY = pa.scalar(TINY, pa.float64())
 _NEWLINE, _EMPTY, _QUOTE = (pa.scalar(t, pa.string()) for t in ("\n", "", '"'))
 
 # What Arrow's reader is asked for per column type; timestamps are read as strings and parsed
@@ -72,7 +77,13 @@ def _may_be_flat(schema: PayloadSchema, text: pa.StringArray) -> bool:
     # One look at the bytes (the whole buffer: a false alarm only costs the fast path).
     data = text.buffers()[2]
     raw = data.to_pybytes() if data is not None else b""
-    return b"\n" not in raw and b"\r" not in raw
+    if b"\n" in raw or b"\r" in raw:
+        return False
+    # A number a double may not carry: only the general converter checks it, number by number.
+    floats = [f.name for f in schema.fields if f.type is FieldType.FLOAT64]
+    if not floats or not long_digits(text):
+        return True
+    return not pc.any(pc.match_substring_regex(text, long_member(floats))).as_py()
 
 
 def _read(schema: PayloadSchema, text: pa.StringArray) -> pa.Table | None:
@@ -100,8 +111,11 @@ def _read(schema: PayloadSchema, text: pa.StringArray) -> pa.Table | None:
 def _column(kind: FieldType, values: pa.Array) -> pa.Array | None:
     """The column as the general converter makes it, or None where it would differ."""
     if kind is FieldType.FLOAT64 and values.null_count != len(values):
-        # NaN and Infinity are read as numbers here; the general converter rejects them.
-        return values if pc.all(pc.is_finite(values)).as_py() else None
+        # NaN and Infinity are read as numbers here; the general converter rejects them. Zero
+        # and subnormals may not be the record's number (-0, 1e-400): it checks those too.
+        if not pc.all(pc.is_finite(values)).as_py():
+            return None
+        return None if pc.any(pc.less(pc.abs(values), _TINY)).as_py() else values
     if kind is FieldType.TIMESTAMP:
         quoted = pc.binary_join_element_wise(_QUOTE, values, _QUOTE, _EMPTY)
         parsed = cast_fragments(FieldType.TIMESTAMP, quoted)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from wal_bridge.conversion import numbers
 from wal_bridge.conversion.casting import cast_fragments
 from wal_bridge.conversion.duck import Duck, QueryFailed, extra_query, parse_query, values_query
 from wal_bridge.conversion.screen import Reason, Rejects, strict_verdict
@@ -122,6 +123,12 @@ class Parsed:
         assert self.fragments is not None
         return self.fragments.field(self.names.index(name)).cast(pa.string())
 
+    def with_fragments(self, columns: dict[str, pa.Array]) -> Parsed:
+        """The same records with the JSON text of ``names`` replaced."""
+        fragments = pa.StructArray.from_arrays([columns[n] for n in self.names],
+                                               names=list(self.names))
+        return Parsed(self.rows, self.text, self.shapes, self.names, fragments, self.dropped)
+
     def kept(self) -> Parsed:
         """The records without those already rejected."""
         if self.dropped is None:
@@ -143,6 +150,19 @@ def convert(schema: PayloadSchema, rows: pa.Array, text: pa.StringArray, rejects
     expected = hint.get()  # read once: this call's own copy
     parsed = parse(duck, rows, text, (*schema.names, *expected), rejects)
     payload, failed, unknown = _columns(duck, schema, parsed)
+    texts = [payload[f.name] for f in schema.fields if f.type is FieldType.JSON]
+    doubles = {f.name: payload[f.name] for f in schema.fields if f.type is FieldType.FLOAT64}
+    which = numbers.suspects(parsed.text, [*texts, payload[EXTRA_COLUMN]], doubles)
+    if which is not None:  # numbers the parser may have printed otherwise: as they came
+        exact: list[dict[str, str | None] | None] = []
+        if parsed.names:
+            columns, exact = numbers.patch(
+                {name: parsed.fragment(name) for name in parsed.names}, parsed.text, which)
+            parsed = parsed.with_fragments(columns)
+            payload, failed, unknown = _columns(duck, schema, parsed)
+        else:
+            exact = [numbers.exact_values(t) for t in parsed.text.filter(which).to_pylist()]
+        payload[EXTRA_COLUMN] = _exact_extra(payload[EXTRA_COLUMN], which, exact)
     hint.put(unknown)
     drop = _standard(schema, parsed, payload, rejects)
     rows = parsed.rows
@@ -213,6 +233,24 @@ def _columns(duck: Duck, schema: PayloadSchema, parsed: Parsed
     joined = _join_pieces(parts, n)
     columns[EXTRA_COLUMN] = pc.binary_join_element_wise(_OPEN, joined, _CLOSE, _EMPTY)
     return columns, failures, expect
+
+
+def _exact_extra(extra: pa.Array, which: pa.Array,
+                 exact: list[dict[str, str | None] | None]) -> pa.Array:
+    """``_extra`` with the records ``which`` marks written from their exact members (see
+    :func:`wal_bridge.conversion.numbers.patch`), in the same key order."""
+    new = []
+    for text, members in zip(extra.filter(which).to_pylist(), exact, strict=True):
+        if text is None or members is None:
+            new.append(text)
+            continue
+        keys = [key for key, _ in json.loads(text, object_pairs_hook=list)]
+        if not all(key in members for key in keys):
+            new.append(text)  # never expected: every key of _extra is one of the record's
+            continue
+        new.append("{" + ",".join(json.dumps(key) + ":" + (members[key] or "null")
+                                  for key in keys) + "}")
+    return pc.replace_with_mask(extra, which, pa.array(new, pa.string()))
 
 
 def _unknown(duck: Duck, schema: PayloadSchema,
