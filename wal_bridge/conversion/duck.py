@@ -49,6 +49,8 @@ class Duck:
                 result: pa.Table = self._con.sql(sql).to_arrow_table()
             except duckdb.Error as exc:
                 raise QueryFailed(str(exc)) from exc
+            except UnicodeDecodeError as exc:  # its error message quoted the input cut mid-UTF-8
+                raise QueryFailed("refused (unreadable error message)") from exc
             finally:
                 self._con.unregister("src")
         return result.combine_chunks()
