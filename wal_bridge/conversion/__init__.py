@@ -24,7 +24,14 @@ How it stays fast, with no per-record Python on the way of a good record, one mo
 3. ``general``: DuckDB (``duck``) parses every record, Arrow casts each field's JSON text to its
    column (``casting``), unknown keys and values that do not fit go to ``_extra``.
 4. Python's ``json`` reads only records already known or suspected to be bad (to say why, or
-   to catch what the fast parser forgives), and, once per WAL, the first data to infer a schema.
+   to catch what the fast parser forgives), and records whose numbers the fast parser may have
+   printed otherwise (:mod:`wal_bridge.conversion.numbers`: each number is kept as it came).
+
+Until a schema is in force, the first data's is inferred from what these same steps make of
+the segment (the rows they keep, the JSON text DuckDB reads), so inference and conversion never
+disagree on what a record is; a segment that gives no column raises :class:`SchemaUndecided`.
+Records nested deeper than ``screen.MAX_DEPTH`` are dead letters (``too_deep``) before any
+parser sees them.
 
 A :class:`Converter` is shared by the sealer's conversion threads: everything one segment needs
 lives in its own :meth:`Converter.convert` call.
