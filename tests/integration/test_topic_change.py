@@ -41,15 +41,13 @@ def landed_by_topic(gcs: GcsHandle, bucket: str) -> Counter[tuple[str, int, int]
     return counts
 
 
-def test_a_restart_on_another_topic_with_the_same_identity_lands_the_new_topic(
-    kafka: KafkaHandle, gcs: GcsHandle, bucket: str, tmp_path: Path
-) -> None:
-    """Run on T1, SIGTERM, start again on T2 (same group, same INSTANCE_ID): T2's 50 records
-    land exactly once, nothing more of T1 is taken or committed, and the log names T1's
-    partitions as assigned outside the subscription."""
+def run_on_t1(kafka: KafkaHandle, gcs: GcsHandle, bucket: str, tmp_path: Path,
+              stem: str) -> tuple[str, str, str, BridgeProcess]:
+    """Two fresh topics; a bridge (one group, one INSTANCE_ID) lands T1's 30 records and stops
+    on SIGTERM. Returns T1, T2, the group and the stopped bridge, to be started again."""
     unique = uuid.uuid4().hex[:8]
-    t1 = kafka.create_topic(f"topic-change-t1-{unique}", partitions=3)
-    t2 = kafka.create_topic(f"topic-change-t2-{unique}", partitions=3)
+    t1 = kafka.create_topic(f"{stem}-t1-{unique}", partitions=3)
+    t2 = kafka.create_topic(f"{stem}-t2-{unique}", partitions=3)
     group = f"g-{unique}"
     env = bridge_env(bootstrap=kafka.bootstrap, topic=t1, destination=f"gs://{bucket}/raw",
                      wal_dir=tmp_path / "wal", emulator=gcs.url, KAFKA_GROUP_ID=group,
@@ -61,6 +59,20 @@ def test_a_restart_on_another_topic_with_the_same_identity_lands_the_new_topic(
         wait_for(lambda: sum(landed_by_topic(gcs, bucket).values()) >= 30, 90,
                  "T1's 30 records in the bucket", on_timeout=lambda: bridge.log()[-4000:])
         assert bridge.terminate() == 0
+    except BaseException:
+        bridge.stop()
+        raise
+    return t1, t2, group, bridge
+
+
+def test_a_restart_on_another_topic_with_the_same_identity_lands_the_new_topic(
+    kafka: KafkaHandle, gcs: GcsHandle, bucket: str, tmp_path: Path
+) -> None:
+    """Run on T1, SIGTERM, start again on T2 (same group, same INSTANCE_ID): T2's 50 records
+    land exactly once, nothing more of T1 is taken or committed, and the log names T1's
+    partitions as assigned outside the subscription."""
+    t1, t2, group, bridge = run_on_t1(kafka, gcs, bucket, tmp_path, "topic-change")
+    try:
         t1_committed = committed_offsets(kafka.bootstrap, group, t1)
         assert t1_committed == {0: 10, 1: 10, 2: 10}
 
@@ -101,20 +113,8 @@ def test_a_restart_with_a_topic_added_under_the_same_identity_lands_both(
     partition handed back is of a configured topic, yet T2 would get no owner; the bridge
     remembers its last topics in WAL_DIR, sees the change, rejoins, and T2's records land
     exactly once beside T1's."""
-    unique = uuid.uuid4().hex[:8]
-    t1 = kafka.create_topic(f"topic-added-t1-{unique}", partitions=3)
-    t2 = kafka.create_topic(f"topic-added-t2-{unique}", partitions=3)
-    group = f"g-{unique}"
-    env = bridge_env(bootstrap=kafka.bootstrap, topic=t1, destination=f"gs://{bucket}/raw",
-                     wal_dir=tmp_path / "wal", emulator=gcs.url, KAFKA_GROUP_ID=group,
-                     INSTANCE_ID=f"same-id-{unique}")
-    bridge = BridgeProcess(env, tmp_path / "bridge.log")
+    t1, t2, _, bridge = run_on_t1(kafka, gcs, bucket, tmp_path, "topic-added")
     try:
-        produce(kafka.bootstrap, t1, [event(i) for i in range(30)])
-        bridge.start()
-        wait_for(lambda: sum(landed_by_topic(gcs, bucket).values()) >= 30, 90,
-                 "T1's 30 records in the bucket", on_timeout=lambda: bridge.log()[-4000:])
-        assert bridge.terminate() == 0
         assert json.loads((tmp_path / "wal" / "subscription.json").read_text()) == {
             "topics": [t1]}
 
