@@ -131,14 +131,19 @@ def _external_account(rec: Recorder, source: dict[str, Any],
     }
 
 
-def test_a_service_account_key_gives_service_account_credentials(
-        tmp_path: Path, recorder: Recorder) -> None:
-    """A key file becomes service-account credentials with its email, project and storage scopes."""
-    path = _write(tmp_path, {
+def _service_account_key(tmp_path: Path, recorder: Recorder) -> Path:
+    """A service-account key file whose token endpoint is the recorder."""
+    return _write(tmp_path, {
         "type": "service_account", "project_id": "lake-proj", "private_key_id": "k1",
         "private_key": _private_key_pem(), "client_email": EMAIL, "client_id": "1",
         "token_uri": f"{recorder.url}/token",
     })
+
+
+def test_a_service_account_key_gives_service_account_credentials(
+        tmp_path: Path, recorder: Recorder) -> None:
+    """A key file becomes service-account credentials with its email, project and storage scopes."""
+    path = _service_account_key(tmp_path, recorder)
     client = _client(path)
     credentials = _built_offline(client, recorder)
     assert isinstance(credentials, service_account.Credentials)
@@ -266,11 +271,7 @@ def test_without_a_file_the_ambient_credentials_are_used(
 def test_the_first_request_fetches_a_token_with_the_storage_scopes(
         tmp_path: Path, recorder: Recorder) -> None:
     """The recorder does see a token request once the client makes one, scoped for storage."""
-    path = _write(tmp_path, {
-        "type": "service_account", "project_id": "lake-proj", "private_key_id": "k1",
-        "private_key": _private_key_pem(), "client_email": EMAIL, "client_id": "1",
-        "token_uri": f"{recorder.url}/token",
-    })
+    path = _service_account_key(tmp_path, recorder)
     client = _client(path)
     assert recorder.seen == []
     # The client's own authorized session, as every storage call uses it.

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from tests.fakes import records_batch as batch
 from wal_bridge.config import Destination
-from wal_bridge.wal.codec import RecordColumns
 from wal_bridge.wal.layout import WalLayout
 from wal_bridge.wal.log import Wal
-
-
-def batch(first: int, count: int):  # type: ignore[no-untyped-def]
-    offsets = list(range(first, first + count))
-    return RecordColumns(
-        ["events"] * count, [0] * count, offsets, [1_700_000_000_000] * count,
-        [None] * count, [json.dumps({"n": o}).encode() for o in offsets], [None] * count,
-    ).to_arrow()
 
 
 def test_paths_are_named_once_under_the_root(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import records_batch as batch
 from wal_bridge.config import Destination
 from wal_bridge.failpoints import DISARMED
-from wal_bridge.wal.codec import RecordColumns
 from wal_bridge.wal.layout import WalLayout
 from wal_bridge.wal.log import Wal
 from wal_bridge.wal.outbox import Outbox
@@ -19,14 +19,6 @@ from wal_bridge.wal.recovery import recover
 from wal_bridge.wal.segment import iter_frames
 
 KEYS = Destination("gs", "bucket", "raw")
-
-
-def batch(first: int, count: int):  # type: ignore[no-untyped-def]
-    offsets = list(range(first, first + count))
-    return RecordColumns(
-        ["events"] * count, [0] * count, offsets, [1_700_000_000_000] * count,
-        [None] * count, [json.dumps({"n": o}).encode() for o in offsets], [None] * count,
-    ).to_arrow()
 
 
 def leave(root: Path, *, sealed: bool) -> Path:
