@@ -21,6 +21,12 @@ from wal_bridge.errors import ConfigError
 
 CommitPolicy = Literal["wal", "upload"]
 LogFormat = Literal["auto", "json", "console"]
+# VALUE_FORMAT and KEY_FORMAT: how record values (and keys) are read. Every format but json and
+# raw is the Confluent wire format (magic byte 0, a 4-byte schema id) read through
+# SCHEMA_REGISTRY_URL; auto asks the registry which type each id has.
+REGISTRY_FORMATS = ("avro", "protobuf", "json_schema", "auto")
+VALUE_FORMATS = ("json", *REGISTRY_FORMATS)
+KEY_FORMATS = ("raw", *REGISTRY_FORMATS)
 
 
 class Secret:
@@ -231,6 +237,29 @@ def _emulator(text: str) -> str:
     return url.rstrip("/")
 
 
+def _registry_url(text: str) -> str:
+    """SCHEMA_REGISTRY_URL: one or more http(s) base URLs, comma-separated (as the registry
+    client takes them). Credentials belong in SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO, never in
+    the URL, which is logged."""
+    urls = [u.strip().rstrip("/") for u in text.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("expected http(s)://host:port[/path][,...]")
+    for url in urls:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"{url!r} is not an http(s)://host:port URL")
+        if parsed.username or parsed.password:
+            raise ValueError("put credentials in SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO, not in "
+                             "the URL (it is logged)")
+    return ",".join(urls)
+
+
+def _user_info(text: str) -> Secret:
+    if ":" not in text or not text.partition(":")[0]:
+        raise ValueError("expected username:password")
+    return Secret(text)
+
+
 def _failpoint(text: str) -> str:
     from wal_bridge.failpoints import FAILPOINTS  # local: failpoints imports nothing of ours
 
@@ -310,6 +339,25 @@ SPECS: tuple[Spec, ...] = (
          "without it the first data's schema is pinned in WAL_DIR.", _existing_file),
     Spec("max_record_bytes", "MAX_RECORD_BYTES", "Records larger than this go to the dead-letter "
          "location.", parse_size, "1MiB"),
+    Spec("value_format", "VALUE_FORMAT", "How record values are read: json; or avro, protobuf, "
+         "json_schema (Confluent wire format, schemas from SCHEMA_REGISTRY_URL); or auto (each "
+         "record's schema id says which).", _choice(*VALUE_FORMATS), "json"),
+    Spec("key_format", "KEY_FORMAT", "How record keys are read: raw (only _kafka_key, the "
+         "bytes), or avro, protobuf, json_schema, auto (also _kafka_key_decoded, JSON text).",
+         _choice(*KEY_FORMATS), "raw"),
+    Spec("schema_registry_url", "SCHEMA_REGISTRY_URL", "Schema registry base URL(s) "
+         "(Confluent-compatible API), comma-separated.", _registry_url),
+    Spec("schema_registry_user_info", "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "username:password "
+         "for the registry's basic auth (never logged).", _user_info, secret=True,
+         flag_name="schema_registry_basic_auth_user_info"),
+    Spec("schema_registry_ca_location", "SCHEMA_REGISTRY_SSL_CA_LOCATION", "CA certificate file "
+         "to verify the registry's TLS certificate.", _existing_file),
+    Spec("schema_registry_certificate_location", "SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION",
+         "Client certificate file (PEM) for mutual TLS with the registry.", _existing_file),
+    Spec("schema_registry_key_location", "SCHEMA_REGISTRY_SSL_KEY_LOCATION", "Client private key "
+         "file (PEM) for mutual TLS with the registry.", _existing_file),
+    Spec("schema_registry_key_password", "SCHEMA_REGISTRY_SSL_KEY_PASSWORD", "Password of the "
+         "registry client key (never logged).", Secret, secret=True),
     Spec("failpoint", "WAL_BRIDGE_FAILPOINT", "Testing only: exit abruptly at this step.",
          _failpoint, ""),
 )
@@ -355,6 +403,14 @@ class Settings:
     storage_emulator_host: str | None = None
     schema_file: Path | None = None
     max_record_bytes: int = default("max_record_bytes")
+    value_format: str = default("value_format")
+    key_format: str = default("key_format")
+    schema_registry_url: str | None = None
+    schema_registry_user_info: Secret | None = None
+    schema_registry_ca_location: Path | None = None
+    schema_registry_certificate_location: Path | None = None
+    schema_registry_key_location: Path | None = None
+    schema_registry_key_password: Secret | None = None
     failpoint: str = default("failpoint")
 
     def require_destination(self) -> Destination:
@@ -381,6 +437,29 @@ class Settings:
             "ssl.key.password": self.ssl_key_password.reveal() if self.ssl_key_password else None,
         }
         conf.update({key: str(value) for key, value in optional.items() if value is not None})
+        return conf
+
+    @property
+    def uses_registry(self) -> bool:
+        """Whether values or keys are read through the schema registry."""
+        return self.value_format != "json" or self.key_format != "raw"
+
+    def registry_config(self) -> dict[str, str]:
+        """The ``confluent_kafka.schema_registry.SchemaRegistryClient`` configuration (its key
+        names: ``url``, ``basic.auth.user.info``, ``ssl.*``). Holds the secrets revealed: pass
+        it to the client, never to a log."""
+        if self.schema_registry_url is None:
+            raise ConfigError("SCHEMA_REGISTRY_URL is not set")
+        conf = {"url": self.schema_registry_url}
+        optional = {
+            "basic.auth.user.info": self.schema_registry_user_info,
+            "ssl.ca.location": self.schema_registry_ca_location,
+            "ssl.certificate.location": self.schema_registry_certificate_location,
+            "ssl.key.location": self.schema_registry_key_location,
+            "ssl.key.password": self.schema_registry_key_password,
+        }
+        conf.update({key: value.reveal() if isinstance(value, Secret) else str(value)
+                     for key, value in optional.items() if value is not None})
         return conf
 
 
@@ -431,6 +510,23 @@ def _check_combinations(settings: Settings) -> None:
         raise ConfigError(
             "KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION go together: set both"
         )
+    _check_registry(settings)
+
+
+def _check_registry(settings: Settings) -> None:
+    if settings.uses_registry and settings.schema_registry_url is None:
+        which = (f"VALUE_FORMAT={settings.value_format}" if settings.value_format != "json"
+                 else f"KEY_FORMAT={settings.key_format}")
+        raise ConfigError(f"{which} reads schemas from a registry: set SCHEMA_REGISTRY_URL "
+                          "(e.g. http://localhost:8081)")
+    if (settings.schema_registry_key_location is not None
+            and settings.schema_registry_certificate_location is None):
+        raise ConfigError("SCHEMA_REGISTRY_SSL_KEY_LOCATION needs "
+                          "SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION: set both")
+    if (settings.schema_registry_key_password is not None
+            and settings.schema_registry_certificate_location is None):
+        raise ConfigError("SCHEMA_REGISTRY_SSL_KEY_PASSWORD needs "
+                          "SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION (and the key): set them")
 
 
 def describe(settings: Settings) -> dict[str, Any]:

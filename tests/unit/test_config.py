@@ -108,6 +108,10 @@ def test_every_variable_is_covered_by_these_tests() -> None:
     tested = {g[0] for g in GOOD} | {b[0] for b in BAD} | {
         "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_CERTIFICATE_LOCATION",
         "KAFKA_SSL_KEY_LOCATION", "KAFKA_SSL_KEY_PASSWORD",  # combinations, below
+        # the registry's, in the two registry tests below
+        "VALUE_FORMAT", "KEY_FORMAT", "SCHEMA_REGISTRY_URL", "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+        "SCHEMA_REGISTRY_SSL_CA_LOCATION", "SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION",
+        "SCHEMA_REGISTRY_SSL_KEY_LOCATION", "SCHEMA_REGISTRY_SSL_KEY_PASSWORD",
     }
     assert {spec.env for spec in SPECS} <= tested
 
@@ -198,3 +202,45 @@ def test_version_prints_the_package_version() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
     assert result.output.startswith("wal_bridge, version ")
+
+
+def test_registry_formats_parse_and_build_the_client_config(key_file: str) -> None:
+    """VALUE_FORMAT/KEY_FORMAT and the registry settings become the registry client's keys."""
+    settings = load_settings({
+        "VALUE_FORMAT": "Avro", "KEY_FORMAT": "auto",
+        "SCHEMA_REGISTRY_URL": "http://127.0.0.1:8081/apis/ccompat/v7/",
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "user:pa:ss",
+        "SCHEMA_REGISTRY_SSL_CA_LOCATION": key_file,
+        "SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION": key_file,
+        "SCHEMA_REGISTRY_SSL_KEY_LOCATION": key_file,
+    })
+    assert (settings.value_format, settings.key_format) == ("avro", "auto")
+    assert settings.uses_registry
+    assert settings.registry_config() == {
+        "url": "http://127.0.0.1:8081/apis/ccompat/v7",
+        "basic.auth.user.info": "user:pa:ss",
+        "ssl.ca.location": key_file,
+        "ssl.certificate.location": key_file,
+        "ssl.key.location": key_file,
+    }
+    assert "pa:ss" not in repr(settings)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"VALUE_FORMAT": "avro"}, "VALUE_FORMAT=avro reads schemas from a registry: set "
+                               "SCHEMA_REGISTRY_URL"),
+    ({"KEY_FORMAT": "protobuf"}, "KEY_FORMAT=protobuf reads schemas from a registry"),
+    ({"VALUE_FORMAT": "xml"}, "VALUE_FORMAT (--value-format)='xml': expected one of json, avro"),
+    ({"SCHEMA_REGISTRY_URL": "localhost:8081"}, "SCHEMA_REGISTRY_URL (--schema-registry-url)="),
+    ({"SCHEMA_REGISTRY_URL": "http://u:p@h:1"}, "not in the URL"),
+    ({"SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "secretonly"},
+     "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO (--schema-registry-basic-auth-user-info)=(hidden): "
+     "expected username:password"),
+])
+def test_bad_registry_settings_are_one_line(env: dict[str, str], message: str) -> None:
+    """A bad or missing registry setting is one ConfigError line naming the variable."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert "secretonly" not in str(caught.value)
