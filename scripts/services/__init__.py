@@ -1,5 +1,5 @@
 """Real services for wal-bridge's tests and for a developer: Kafka, a GCS emulator, Toxiproxy,
-a BigQuery emulator.
+a BigQuery emulator; and LazyFS, the filesystem of the power-loss tests (``lazyfs.py``).
 
 Used by ``tests/conftest.py`` (session fixtures) and by ``python -m scripts.services``
 (``scripts/dev-services``, ``scripts/test``). Standard library only, so it runs on the system
@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from . import bigquery, gcs, kafka, toxiproxy
+from . import bigquery, gcs, kafka, lazyfs, toxiproxy
 from .cache import cache_root, log
 from .errors import (
     NotManagedError,
@@ -58,6 +58,7 @@ __all__ = [
     "external",
     "gcs",
     "kafka",
+    "lazyfs",
     "provision_all",
     "toxiproxy",
 ]
@@ -81,7 +82,9 @@ def provision_all(
     """Fill the cache for every service in ``services`` that the environment does not name.
 
     Maven and the Go builds run side by side (one is network-bound, the other CPU-bound); the
-    Go builds run one after the other, the BigQuery emulator's (minutes, GiBs) last.
+    Go builds run one after the other, then LazyFS's (where it can run: root and /dev/fuse;
+    elsewhere a line says why not and the power-loss tests skip), the BigQuery emulator's
+    (minutes, GiBs) last.
     Returns the seconds it took. Raises one SetupError that names every missing tool or failed
     step when all failures are of that kind (say, no `mvn` and no `go`).
     """
@@ -94,6 +97,10 @@ def provision_all(
             gcs.provision(root)
         if "toxiproxy" in wanted:
             toxiproxy.provision(root)
+        if (reason := lazyfs.unavailable()) is None:
+            lazyfs.provision()
+        else:
+            log(f"LazyFS not built ({reason}); the power-loss tests will skip (fail if CI=true)")
         if "bigquery" in wanted:
             bigquery.provision(root)
 
