@@ -15,6 +15,10 @@ int32, int64               INTEGER
 double                     FLOAT
 bool                       BOOLEAN
 timestamp (UTC)            TIMESTAMP
+timestamp (no zone)        DATETIME
+date32                     DATE
+time64                     TIME
+decimal(p, s)              NUMERIC (p - s <= 29, s <= 9), else BIGNUMERIC
 binary                     BYTES
 struct                     RECORD
 list<T>                    T, mode REPEATED
@@ -56,6 +60,8 @@ def _column(field: pa.Field, description: str | None = None) -> dict[str, Any]:
     column: dict[str, Any] = {"name": field.name, "type": _type(kind), "mode": mode}
     if pa.types.is_struct(kind):
         column["fields"] = [_column(kind.field(i)) for i in range(kind.num_fields)]
+    if pa.types.is_decimal(kind):
+        column["precision"], column["scale"] = kind.precision, kind.scale
     if description:
         column["description"] = description
     return column
@@ -64,7 +70,13 @@ def _column(field: pa.Field, description: str | None = None) -> dict[str, Any]:
 _TYPES = (
     (pa.types.is_string, "STRING"), (pa.types.is_large_string, "STRING"),
     (pa.types.is_integer, "INTEGER"), (pa.types.is_floating, "FLOAT"),
-    (pa.types.is_boolean, "BOOLEAN"), (pa.types.is_timestamp, "TIMESTAMP"),
+    (pa.types.is_boolean, "BOOLEAN"),
+    (lambda kind: pa.types.is_timestamp(kind) and kind.tz is None, "DATETIME"),
+    (pa.types.is_timestamp, "TIMESTAMP"),
+    (pa.types.is_date32, "DATE"), (pa.types.is_time64, "TIME"),
+    (lambda kind: pa.types.is_decimal(kind) and kind.precision - kind.scale <= 29
+     and kind.scale <= 9, "NUMERIC"),
+    (pa.types.is_decimal, "BIGNUMERIC"),
     (pa.types.is_binary, "BYTES"), (pa.types.is_large_binary, "BYTES"),
     (pa.types.is_struct, "RECORD"),
 )

@@ -100,6 +100,15 @@ class FieldType(enum.StrEnum):
     BOOL = "bool"
     TIMESTAMP = "timestamp"
     JSON = "json"  # any JSON value, kept as its (minified) JSON text in a STRING column
+    # Only from a registry writer's schema (Avro, Protobuf): docs/schema.md, "Schema registry
+    # formats". JSON payloads (and SCHEMA_FILE) use the six above.
+    BYTES = "bytes"
+    DATE = "date"
+    TIME = "time"  # microseconds since midnight
+    DATETIME = "datetime"  # a civil date and time, no zone (Avro local-timestamp-*)
+    NUMERIC = "numeric"  # an exact decimal with the field's precision and scale
+    BIGNUMERIC = "bignumeric"
+    RECORD = "record"  # a STRUCT of the field's ``fields``
 
     @property
     def arrow(self) -> pa.DataType:
@@ -113,13 +122,26 @@ _ARROW: dict[FieldType, pa.DataType] = {
     FieldType.BOOL: pa.bool_(),
     FieldType.TIMESTAMP: pa.timestamp("us", tz="UTC"),
     FieldType.JSON: pa.string(),
+    FieldType.BYTES: pa.binary(),
+    FieldType.DATE: pa.date32(),
+    FieldType.TIME: pa.time64("us"),
+    FieldType.DATETIME: pa.timestamp("us"),
+    # NUMERIC and BIGNUMERIC take the field's precision and scale (Field.arrow); these are
+    # BigQuery's widest of each.
+    FieldType.NUMERIC: pa.decimal128(38, 9),
+    FieldType.BIGNUMERIC: pa.decimal256(76, 38),
 }
+
+# The types of JSON payloads (SCHEMA_FILE and inference): casting.py reads JSON text into them.
+JSON_TYPES = frozenset({FieldType.STRING, FieldType.INT64, FieldType.FLOAT64, FieldType.BOOL,
+                        FieldType.TIMESTAMP, FieldType.JSON})
 
 TYPE_NAMES: dict[str, FieldType] = {
     **{t.value: t for t in FieldType},
     "integer": FieldType.INT64,
     "float": FieldType.FLOAT64,
     "boolean": FieldType.BOOL,
+    "struct": FieldType.RECORD,
 }
 
 
@@ -136,8 +158,53 @@ class SchemaError(ValueError):
 
 @dataclass(frozen=True)
 class Field:
+    """One column (or one field of a RECORD column).
+
+    ``mode`` is NULLABLE or REPEATED (an array of the type; BigQuery's modes). ``fields`` are a
+    RECORD's fields, ``precision`` and ``scale`` a NUMERIC's or BIGNUMERIC's (BigQuery's
+    parameterized decimal types). Only registry formats give the types and modes beyond the
+    JSON ones (:data:`JSON_TYPES`, NULLABLE).
+    """
+
     name: str
     type: FieldType
+    mode: str = "NULLABLE"
+    fields: tuple[Field, ...] = ()
+    precision: int | None = None
+    scale: int | None = None
+
+    @property
+    def arrow(self) -> pa.DataType:
+        """The Arrow type of the column: RECORD a struct, REPEATED a list, NUMERIC and
+        BIGNUMERIC a decimal of the field's precision and scale."""
+        if self.type is FieldType.RECORD:
+            kind: pa.DataType = pa.struct([pa.field(f.name, f.arrow) for f in self.fields])
+        elif self.type in (FieldType.NUMERIC, FieldType.BIGNUMERIC) and self.precision:
+            scale = self.scale or 0
+            kind = (pa.decimal128(self.precision, scale) if self.precision <= 38
+                    else pa.decimal256(self.precision, scale))
+        else:
+            kind = self.type.arrow
+        return pa.list_(kind) if self.mode == "REPEATED" else kind
+
+    @property
+    def flat(self) -> bool:
+        """Whether the JSON conversion path can fill this column."""
+        return self.type in JSON_TYPES and self.mode == "NULLABLE"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file format's entry: name and type, then only what differs from the default
+        (so a JSON payload's schema keeps its bytes)."""
+        entry: dict[str, Any] = {"name": self.name, "type": self.type.value}
+        if self.mode != "NULLABLE":
+            entry["mode"] = self.mode
+        if self.precision is not None:
+            entry["precision"] = self.precision
+        if self.scale is not None:
+            entry["scale"] = self.scale
+        if self.fields:
+            entry["fields"] = [f.to_dict() for f in self.fields]
+        return entry
 
 
 def bigquery_name_problem(name: str) -> str | None:
@@ -176,61 +243,93 @@ class PayloadSchema:
         return tuple(f.name for f in self.fields)
 
     def arrow_fields(self) -> list[pa.Field]:
-        return [pa.field(f.name, f.type.arrow) for f in self.fields]
+        return [pa.field(f.name, f.arrow) for f in self.fields]
+
+    @property
+    def flat(self) -> bool:
+        """Whether every column is one the JSON conversion path fills (:data:`JSON_TYPES`)."""
+        return all(f.flat for f in self.fields)
 
     def to_json(self) -> bytes:
         """The file format: one column per line, stable bytes for the same schema."""
-        lines = ",\n".join(
-            "  " + json.dumps({"name": f.name, "type": f.type.value}) for f in self.fields
-        )
+        lines = ",\n".join("  " + json.dumps(f.to_dict()) for f in self.fields)
         return (f"[\n{lines}\n]\n" if self.fields else "[]\n").encode()
 
     def compact(self) -> str:
-        """A one-line form for Parquet footers and logs."""
-        return json.dumps([[f.name, f.type.value] for f in self.fields], separators=(",", ":"))
+        """A one-line form for Parquet footers and logs: ``[name, type]`` per column, with a
+        third item (the rest of the file format's entry) for registry types."""
+        def item(f: Field) -> list[Any]:
+            rest = {k: v for k, v in f.to_dict().items() if k not in ("name", "type")}
+            return [f.name, f.type.value, rest] if rest else [f.name, f.type.value]
+        return json.dumps([item(f) for f in self.fields], separators=(",", ":"))
 
     @classmethod
-    def parse(cls, data: bytes | str) -> PayloadSchema:
-        """Parse the file format; raise SchemaError naming the first problem."""
+    def parse(cls, data: bytes | str, *, nested: bool = False) -> PayloadSchema:
+        """Parse the file format; raise SchemaError naming the first problem. Only with
+        ``nested`` (a schema the bridge wrote from a registry's writer schema) are the
+        registry types, REPEATED, ``fields``, ``precision`` and ``scale`` accepted."""
         try:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise SchemaError(f"not valid JSON: {exc}") from None
         if not isinstance(doc, list):
             raise SchemaError('expected a JSON list of {"name": ..., "type": ...} objects')
-        fields: list[Field] = []
-        seen: dict[str, str] = {}
-        for position, item in enumerate(doc, start=1):
-            fields.append(_parse_field(position, item, seen))
-        return cls(tuple(fields))
+        return cls(_parse_fields(doc, "column", nested, top=True))
 
 
-def _parse_field(position: int, item: Any, seen: dict[str, str]) -> Field:
-    where = f"column {position}"
+def _parse_fields(doc: list[Any], what: str, nested: bool, *, top: bool) -> tuple[Field, ...]:
+    fields: list[Field] = []
+    seen: dict[str, str] = {}
+    for position, item in enumerate(doc, start=1):
+        fields.append(_parse_field(f"{what} {position}", item, seen, nested, top))
+    return tuple(fields)
+
+
+_KEYS = {"name", "type", "mode", "description"}
+_NESTED_KEYS = {*_KEYS, "fields", "precision", "scale"}
+
+
+def _parse_field(where: str, item: Any, seen: dict[str, str], nested: bool,
+                 top: bool) -> Field:
     if not isinstance(item, dict):
         raise SchemaError(f'{where}: expected an object like {{"name": "id", "type": "int64"}}')
-    unknown = sorted(set(item) - {"name", "type", "mode", "description"})
+    unknown = sorted(set(item) - (_NESTED_KEYS if nested else _KEYS))
     if unknown:
-        raise SchemaError(f"{where}: unknown key {unknown[0]!r} (expected name, type, mode, "
-                          "description)")
+        raise SchemaError(f"{where}: unknown key {unknown[0]!r} (expected "
+                          f"{', '.join(sorted(_NESTED_KEYS if nested else _KEYS))})")
     name, kind = item.get("name"), item.get("type")
     if not isinstance(name, str):
         raise SchemaError(f"{where}: 'name' must be a string")
-    where = f"column {position} ({name!r})"
-    if (problem := name_problem(name)) is not None:
+    where = f"{where} ({name!r})"
+    problem = name_problem(name) if top else bigquery_name_problem(name)
+    if problem is not None:
         raise SchemaError(f"{where}: {problem}")
     if name.lower() in seen:
         raise SchemaError(f"{where}: same name as {seen[name.lower()]!r} (BigQuery column names "
                           "ignore case)")
     seen[name.lower()] = name
-    if not isinstance(kind, str) or kind.lower() not in TYPE_NAMES:
+    types = TYPE_NAMES if nested else {k: v for k, v in TYPE_NAMES.items() if v in JSON_TYPES}
+    if not isinstance(kind, str) or kind.lower() not in types:
         raise SchemaError(f"{where}: unknown type {kind!r}; expected one of "
-                          f"{', '.join(t.value for t in FieldType)} (nested values: json)")
+                          f"{', '.join(sorted({t.value for t in types.values()}))} "
+                          "(nested values: json)")
     mode = item.get("mode", "NULLABLE")
-    if not isinstance(mode, str) or mode.upper() != "NULLABLE":
+    modes = ("NULLABLE", "REPEATED") if nested else ("NULLABLE",)
+    if not isinstance(mode, str) or mode.upper() not in modes:
         raise SchemaError(f"{where}: mode {mode!r} is not supported: every column is NULLABLE "
                           "(a REPEATED or RECORD value is a json column)")
-    return Field(name, TYPE_NAMES[kind.lower()])
+    field_type = TYPE_NAMES[kind.lower()]
+    children: tuple[Field, ...] = ()
+    if field_type is FieldType.RECORD:
+        sub = item.get("fields")
+        if not isinstance(sub, list) or not sub:
+            raise SchemaError(f"{where}: a record needs a non-empty list of 'fields'")
+        children = _parse_fields(sub, f"{where} field", nested, top=False)
+    precision, scale = item.get("precision"), item.get("scale")
+    for label, value in (("precision", precision), ("scale", scale)):
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise SchemaError(f"{where}: {label} must be a whole number")
+    return Field(name, field_type, mode.upper(), children, precision, scale)
 
 
 # ------------------------------------------------------------------------------- inference
@@ -393,7 +492,7 @@ class SharedSchema:
             self.sink.put(self.key, staged)
         except ObjectConflictError:
             try:
-                return PayloadSchema.parse(self.sink.read(self.key))
+                return PayloadSchema.parse(self.sink.read(self.key), nested=True)
             except SchemaError as exc:
                 raise SchemaConflictError(
                     f"{self.url} is not a schema wal-bridge can read ({exc}): every instance "
@@ -451,7 +550,7 @@ class SchemaStore:
         except FileNotFoundError:
             return cls(None, pin_path=pinned, source="first data", shared=shared)
         try:
-            schema = PayloadSchema.parse(data)
+            schema = PayloadSchema.parse(data, nested=True)
         except SchemaError as exc:
             raise ConfigError(f"{pinned} (the schema pinned from the first data): {exc}; "
                               "fix or remove it with the bridge stopped") from None

@@ -40,7 +40,7 @@ def find_schema(settings: Settings) -> tuple[PayloadSchema, str]:
         url = settings.destination.url(key)
         if any(info.key == key for info in sink.list(key)):
             try:
-                return PayloadSchema.parse(sink.read(key)), url
+                return PayloadSchema.parse(sink.read(key), nested=True), url
             except SchemaError as exc:
                 raise WalBridgeError(f"{url}: {exc}") from None
         looked.append(f"stored at {url}")
