@@ -32,7 +32,7 @@ from wal_bridge.schema import (
     PayloadSchema,
 )
 from wal_bridge.wal.codec import HEADER_TYPE
-from wal_bridge.wal.segment import SealInfo, batch_ranges, ranges_to_json
+from wal_bridge.wal.segment import SealInfo, batch_ranges, ranges_from_json, ranges_to_json
 
 TS_TYPE = pa.timestamp("ms", tz="UTC")
 FORMAT_VERSION = "1"
@@ -163,3 +163,46 @@ def row_count(path: Path) -> int:
     import pyarrow.parquet as pq
 
     return int(pq.read_metadata(path).num_rows)
+
+
+def _footer(path: Path, seq: int) -> dict[str, str] | None:
+    """The key-value footer of a Parquet file of segment ``seq``, when it reads and its row
+    count agrees with it; else None."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(path)
+    except (OSError, pa.ArrowException):
+        return None
+    raw = meta.metadata or {}
+    footer = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+    if footer.get(SEGMENT_KEY) != str(seq) or footer.get(RECORDS_KEY) != str(meta.num_rows):
+        return None
+    return footer
+
+
+def converted_seal(data: Path, dead_letters: Path, seq: int) -> SealInfo | None:
+    """What a segment's converted files say of it, when they are complete; else None.
+
+    Complete: the data file's footer reads (a Parquet file cut short has no footer), names
+    segment ``seq``, and its rows plus those of the dead-letter file (when there is one, with a
+    footer that reads and agrees) are the segment's records. The returned :class:`SealInfo`
+    has the segment's instance, seal time, records and ranges from the footer; its keys are
+    empty (the footer does not hold them: the caller takes them from the seal frame, or derives
+    them from the seal time). Reads the footers only, never the pages.
+    """
+    paths = [data, *([dead_letters] if dead_letters.exists() else [])]
+    footers = [f for f in (_footer(p, seq) for p in paths) if f is not None]
+    if len(footers) != len(paths):
+        return None
+    first = footers[0]
+    same = all(f.get(SEGMENT_RANGES_KEY) == first.get(SEGMENT_RANGES_KEY)
+               and f.get(SEALED_AT_KEY) == first.get(SEALED_AT_KEY) for f in footers)
+    try:
+        records = int(first[SEGMENT_RECORDS_KEY])
+        if not same or sum(int(f[RECORDS_KEY]) for f in footers) != records:
+            return None
+        return SealInfo(seq, first[INSTANCE_KEY], "", "", int(first[SEALED_AT_KEY]), records,
+                        ranges_from_json(json.loads(first[SEGMENT_RANGES_KEY])))
+    except (KeyError, ValueError, TypeError):
+        return None

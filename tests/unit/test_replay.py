@@ -12,10 +12,9 @@ from click.testing import CliRunner
 
 from wal_bridge.cli import main
 from wal_bridge.commands.common import PartitionOffsets
-from wal_bridge.commands.replay import missing_runs, plan_quarantined, split_need
+from wal_bridge.commands.replay import missing_runs, split_need
 from wal_bridge.config import Destination
 from wal_bridge.wal.codec import RecordColumns
-from wal_bridge.wal.layout import WalLayout
 from wal_bridge.wal.log import Wal
 from wal_bridge.wal.segment import Range, iter_frames, salvage
 
@@ -80,16 +79,16 @@ def test_salvage_reads_frames_after_the_damage_and_the_seal(tmp_path: Path) -> N
     assert seal.ranges == {("events", 0): Range(0, 29, 30)}
 
 
-def test_the_plan_asks_kafka_for_exactly_the_damaged_frame(tmp_path: Path) -> None:
-    """Recovery quarantines the segment; the plan needs offsets 10-19 and nothing else."""
+def test_recovery_asks_kafka_for_exactly_the_damaged_frame(tmp_path: Path) -> None:
+    """Recovery keeps the 20 records that verify and re-fetches offsets 10-19, nothing else."""
     sealed_wal(tmp_path)
     corrupt(tmp_path / "segments" / "0000000001.sealed", 1)
-    Wal.open(tmp_path, keys=KEYS).close()
+    wal = Wal.open(tmp_path, keys=KEYS)
 
-    salvage = plan_quarantined(WalLayout(tmp_path), 1)
-
-    assert salvage.local_records == 20
-    assert salvage.need == {("events", 0): [(10, 19)]}
+    assert [(s.seq, s.records) for s in wal.snapshot()] == [(1, 20)]
+    assert [job.need for job in wal.refetch_jobs()] == [{("events", 0): [(10, 19)]}]
+    assert wal.quarantined() == []
+    wal.close()
 
 
 def test_offsets_gone_from_kafka_are_reported_not_fetched() -> None:

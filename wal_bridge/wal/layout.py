@@ -8,7 +8,13 @@ Layout of ``WAL_DIR``::
     subscription.json            the topics the consumer last ran with (KAFKA_TOPIC)
     segments/N.open              the active segment, appended and fsynced per polled batch
     segments/N.sealed            sealed: immutable, its seal frame names its object key
-    segments/N.torn              damaged tail bytes cut off an open segment at recovery
+    segments/N.torn              damaged tail bytes cut off an open segment at recovery, or
+                                 bytes after a sealed segment's seal frame (N.2.torn, ... when
+                                 a segment was cut more than once)
+    segments/N.damaged           a damaged sealed segment as it was, before recovery rewrote
+                                 it with the frames that verify (kept for reference)
+    segments/M.refetch.json      offsets the damaged frames of a segment held, to be read again
+                                 from Kafka into segment M (see wal_bridge.refetch)
     outbox/N.parquet             converted, waiting for upload
     outbox/N.dead.parquet        the segment's dead letters, shipped with it
     outbox/N.status.json         upload attempts and last error of a segment that failed
@@ -85,6 +91,21 @@ class WalLayout:
     def torn(self, seq: int) -> Path:
         return self.segments / f"{seq:010d}.torn"
 
+    def free_torn(self, seq: int) -> Path:
+        """Where the next cut-off tail of segment ``seq`` is kept: ``N.torn``, or ``N.2.torn``
+        and so on when earlier cuts are kept already."""
+        path, n = self.torn(seq), 1
+        while path.exists():
+            n += 1
+            path = self.segments / f"{seq:010d}.{n}.torn"
+        return path
+
+    def damaged(self, seq: int) -> Path:
+        return self.segments / f"{seq:010d}.damaged"
+
+    def refetch(self, seq: int) -> Path:
+        return self.segments / f"{seq:010d}.refetch.json"
+
     def parquet(self, seq: int) -> Path:
         return self.outbox / f"{seq:010d}.parquet"
 
@@ -153,6 +174,21 @@ class WalLayout:
         if not self.segments.is_dir():
             return []
         return [(int(p.name.split(".")[0]), p) for p in sorted(self.segments.glob("*.torn"))]
+
+    def damaged_files(self) -> list[tuple[int, Path]]:
+        """The damaged sealed segments recovery rewrote, as they were, by segment."""
+        return [(int(p.name.split(".")[0]), p) for p in _glob(self.segments, "*.damaged")]
+
+    def read_refetch(self) -> list[tuple[int, dict[str, Any]]]:
+        """The pending re-fetches: ``(M, job)`` of every ``M.refetch.json`` (``of_segment``,
+        ``ranges`` as offset runs, ``reason``, ``byte_offset``, ``created_at_ms``)."""
+        out = []
+        for path in _glob(self.segments, "*.refetch.json"):
+            stem = path.name.split(".")[0]
+            info = read_json(path)
+            if stem.isdigit() and info is not None:
+                out.append((int(stem), info))
+        return out
 
     def converted(self) -> set[int]:
         """Segments whose Parquet file is in the outbox."""

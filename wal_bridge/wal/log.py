@@ -43,6 +43,7 @@ from wal_bridge.errors import CorruptionError, DiskFullError, WalBridgeError, Wa
 from wal_bridge.failpoints import DISARMED, Failpoints
 from wal_bridge.logs import get_logger
 from wal_bridge.wal.codec import (
+    BATCH_SCHEMA,
     MAX_FRAME_BYTES,
     FrameKind,
     encode_frame,
@@ -54,6 +55,7 @@ from wal_bridge.wal.lock import WalLock, ensure_identity
 from wal_bridge.wal.outbox import Outbox
 from wal_bridge.wal.quarantine import Quarantine, QuarantineStatus
 from wal_bridge.wal.recovery import RecoveryReport, recover
+from wal_bridge.wal.salvage import RefetchJob, encode_sealed, runs_from_json, runs_to_ranges
 from wal_bridge.wal.segment import (
     OPEN,
     SEALED,
@@ -117,6 +119,7 @@ class Wal:
         self._append_lock = threading.RLock()
         self._lock = threading.RLock()
         self._index: dict[int, Segment] = {}
+        self._refetch: dict[int, RefetchJob] = {}  # pending re-fetches, by their segment M
         self._active: Segment | None = None
         self._active_fd: int | None = None
         self._next_seq = 1
@@ -165,8 +168,10 @@ class Wal:
             self._dir_lock.release()
 
     def _recover(self) -> None:
-        recovered = recover(self.layout, self.outbox, self.quarantine)
+        recovered = recover(self.layout, self.outbox, self.quarantine, keys=self.keys,
+                            instance_id=self.instance_id, now_ms=self._now_ms)
         self._index = recovered.index
+        self._refetch = recovered.refetch
         self._next_seq = recovered.next_seq
         with self._append_lock:
             for segment in recovered.unsealed:  # appends go to a new segment
@@ -414,6 +419,59 @@ class Wal:
         with self._lock:
             return self.quarantine.status()
 
+    # ----------------------------------------------------------------------------- re-fetch
+
+    def refetch_jobs(self) -> list[RefetchJob]:
+        """The offsets damaged frames held that must be read again from Kafka, oldest first
+        (see :mod:`wal_bridge.refetch`)."""
+        with self._lock:
+            return [self._refetch[seq] for seq in sorted(self._refetch)]
+
+    def complete_refetch(self, job: RefetchJob, batches: list[pa.RecordBatch],
+                         lost: list[dict[str, Any]]) -> Segment | None:
+        """What a re-fetch of ``job`` read from Kafka becomes segment ``job.seq``, sealed
+        (a new object key), and the offsets Kafka no longer holds (``lost``: topic, partition,
+        first_offset, last_offset, count, why) a quarantine entry of their own; then the job
+        is removed. Returns the new segment, None when Kafka had no record of the job.
+
+        Order: the loss entry, the segment file (one atomic write), the job's removal, the
+        index. A crash before the removal leaves segment M beside its job, which recovery
+        takes as done: the records land once.
+        """
+        if lost:
+            with self._append_lock:
+                loss_seq = self._next_seq
+                self._next_seq += 1
+            with self._lock:
+                self.quarantine.hold_lost(loss_seq, job.of_segment, lost,
+                                          runs_to_ranges(runs_from_json(lost)))
+        segment = None
+        records = [b for b in batches if b.num_rows]
+        if records:
+            table = pa.Table.from_batches(records, schema=BATCH_SCHEMA)
+            table = table.unify_dictionaries().combine_chunks().sort_by(
+                [("_partition", "ascending"), ("_offset", "ascending")])
+            parts = [b for b in table.to_batches(max_chunksize=10_000) for b in _chunks(b)]
+            ranges: Ranges = {}
+            for part in parts:
+                merge_ranges(ranges, batch_ranges(part))
+            now = self._now_ms()
+            key, dead_key = self.keys.object_keys(now, self.instance_id, job.seq)
+            seal = SealInfo(job.seq, self.instance_id, key, dead_key, now, table.num_rows,
+                            ranges)
+            path = self.layout.segment(job.seq, SEALED)
+            body = encode_sealed(job.seq, now, parts, seal)
+            durable.write_atomic(path, body)
+            segment = Segment(job.seq, SEALED, path, len(body), table.num_rows, now, ranges,
+                              seal)
+        self.layout.refetch(job.seq).unlink(missing_ok=True)
+        durable.fsync_dir(self.layout.segments)
+        with self._lock:
+            self._refetch.pop(job.seq, None)
+            if segment is not None:
+                self._index[job.seq] = segment
+        return segment
+
     # ----------------------------------------------------------------------------- shipping
 
     def to_ship(self) -> list[Segment]:
@@ -449,8 +507,10 @@ class Wal:
     # ----------------------------------------------------------------------------- offsets
 
     def _held(self) -> list[Ranges]:
-        """The ranges of every segment held, quarantined ones included (caller holds _lock)."""
-        return [s.ranges for s in self._index.values()] + list(self.quarantine.ranges.values())
+        """The ranges of every segment held, quarantined ones and pending re-fetches included
+        (caller holds _lock)."""
+        return ([s.ranges for s in self._index.values()] + list(self.quarantine.ranges.values())
+                + [runs_to_ranges(job.need) for job in self._refetch.values()])
 
     def next_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset after the last one the WAL holds or has shipped."""

@@ -1,10 +1,12 @@
 """The quarantine: damaged segments set aside with the reason, and released once replayed.
 
-A segment goes to ``quarantine/`` when it holds damage that is not a torn tail (found at
-recovery, or at conversion). Its offset ranges still count as held: the consumer must not read
-past them, and under COMMIT_POLICY=upload nothing past their first offset is committed, until
-``wal_bridge replay`` rebuilds the segment and :meth:`Quarantine.release` sets its files aside
-(renamed ``*.replayed``, never deleted).
+A segment goes to ``quarantine/`` when what its damage held cannot be healed: damage that no
+seal frame or neighbouring frame bounds (found at recovery, or at conversion), or offsets that
+a re-fetch found gone from Kafka (:meth:`Quarantine.hold_lost`: a reason file only, naming the
+lost offsets exactly; the records that verified were shipped already). Its offset ranges
+still count as held: the consumer must not read past them, and under COMMIT_POLICY=upload
+nothing past their first offset is committed, until ``wal_bridge replay`` rebuilds the segment
+and :meth:`Quarantine.release` sets its files aside (renamed ``*.replayed``, never deleted).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from wal_bridge.wal.segment import Ranges, ranges_from_json, ranges_to_json
 log = get_logger("wal_bridge.wal")
 
 HINT = "run `wal_bridge replay --quarantined` to re-fetch this range from Kafka"
+LOSS_HINT = ("these offsets are lost: re-produce them if their source still has them, then "
+             "`wal_bridge replay --quarantined --accept-loss` releases this entry")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,23 @@ class Quarantine:
         self._bytes[seq] = _size(target)
         log.error("segment_quarantined", segment=seq, reason=reason, offset=offset,
                   path=str(target))
+
+    def hold_lost(self, seq: int, of_segment: int, lost: list[dict[str, Any]],
+                  ranges: Ranges) -> None:
+        """Keep, under the new number ``seq``, the offsets of segment ``of_segment`` that were
+        damaged and that Kafka no longer holds: a reason file with no segment file (the records
+        that verified shipped with the salvaged segment). ``lost`` lists them exactly (topic,
+        partition, first and last offset, count, why); ``ranges`` is what they span. They count
+        as held until ``wal_bridge replay --quarantined --accept-loss`` releases them."""
+        info = {
+            "segment": seq, "file": "", "of_segment": of_segment,
+            "reason": f"damaged in segment {of_segment} and gone from Kafka",
+            "byte_offset": None, "quarantined_at_ms": self._now_ms(),
+            "ranges": ranges_to_json(ranges), "lost": lost, "hint": LOSS_HINT,
+        }
+        durable.write_atomic(self.layout.reason(seq), json.dumps(info, indent=2).encode())
+        self.ranges[seq] = ranges
+        self._bytes[seq] = 0
 
     def release(self, seq: int, report: dict[str, Any]) -> None:
         """Segment ``seq`` was rebuilt into new, durable segments: keep ``report`` beside it,

@@ -1,51 +1,116 @@
 """Recovery at start: scan results in, the segment index and a report out.
 
-Every segment file a crash (or a disk) left is decided on, in sequence order:
+Every segment file a crash (or a disk) left is decided on, in sequence order. Damage that
+touches no verified record holds no record back; the records it did touch are read again from
+Kafka (:mod:`wal_bridge.refetch`); only what cannot be healed goes to ``quarantine/``.
 
-=================================================  ==========================================
-what the scan found                                what recovery does
-=================================================  ==========================================
-open, shorter than a segment header                removed: it never held a record
-a segment header that does not decode              quarantined
-damage followed by a good frame (any state)        quarantined: corruption, not a torn write
-sealed, any damage, or no seal frame               quarantined: a sealed segment is immutable
-open, damage with no good frame after it           tail cut (kept in ``N.torn``), rest kept
-open, ends in a seal frame                         handed to the WAL to finish its seal
-open, records and no seal frame                    handed to the WAL to seal
-open, no record                                    removed
-sealed, whole                                      kept, converted if its Parquet file is there
-=================================================  ==========================================
+=======================================================  =====================================
+what the scan found                                      what recovery does
+=======================================================  =====================================
+open, shorter than a segment header                      removed: it never held a record
+open, a segment header that does not decode              quarantined
+open, damage followed by a good frame                    quarantined: no seal frame says what
+                                                         the damaged frames held
+open, damage with no good frame after it                 tail cut (kept in ``N.torn``), rest
+                                                         kept
+open, ends in a seal frame                               handed to the WAL to finish its seal
+open, records and no seal frame                          handed to the WAL to seal
+open, no record                                          removed
+sealed, whole                                            kept, converted if its Parquet file is
+                                                         there
+converted, Parquet file complete (footer verifies, its   ships that file, whatever happened to
+segment and ranges match the seal frame)                 the segment file
+converted, Parquet file incomplete or not matching       Parquet files removed; the segment is
+                                                         decided on as sealed (converted again)
+sealed, bytes after a good seal frame                    cut (kept in ``N.torn``), rest kept
+sealed, records frames damaged, seal frame good          rewritten with the frames that verify
+                                                         and a seal frame of what they hold
+                                                         (same object key); the seal's other
+                                                         offsets are re-fetched from Kafka
+sealed, seal frame damaged                               rewritten the same way, with a new
+                                                         object key (no object had the old one:
+                                                         it was never converted); offsets of
+                                                         damaged records frames from the
+                                                         neighbouring frames, re-fetched
+sealed, seal frame and neighbours unknown (damage at an  quarantined: what the damage held is
+end, no neighbouring segment of that partition)          ambiguous
+sealed, a segment header that does not decode            quarantined (unless its Parquet file
+                                                         is complete: then it ships)
+=======================================================  =====================================
 
-Recovery never seals: the open segments it hands over are sealed by the
+A rewritten segment is written whole (:func:`~wal_bridge.wal.salvage.encode_sealed`) through
+:func:`wal_bridge.durable.write_atomic`; the file as it was is kept as ``N.damaged``. The
+re-fetch job (``M.refetch.json``, M a new segment number) is made durable first, so a crash
+anywhere leaves either the damaged file with its job (decided on again, the job reused) or the
+rewritten file with its job: exactly once, never lost. Every decision is logged
+(``segment_salvaged``, ``segment_tail_truncated``, ``converted_file_*``) with the segment, the
+byte offset and the offset ranges, and counted in :class:`RecoveryReport`.
+
+Recovery never seals an open segment: those it hands over are sealed by the
 :class:`~wal_bridge.wal.log.Wal`, which is the one place a segment is sealed. A quarantine takes
 a :class:`~wal_bridge.errors.CorruptionError` naming the segment and the byte offset.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from wal_bridge import durable
 from wal_bridge.errors import CorruptionError
 from wal_bridge.logs import get_logger
+from wal_bridge.parquet import converted_seal
 from wal_bridge.wal.codec import SEGMENT_HEADER_SIZE, DecodeError
 from wal_bridge.wal.layout import WalLayout
 from wal_bridge.wal.outbox import Outbox
 from wal_bridge.wal.quarantine import Quarantine
-from wal_bridge.wal.segment import OPEN, SEALED, ScanResult, Segment, scan
+from wal_bridge.wal.salvage import (
+    Ambiguous,
+    Inventory,
+    RefetchJob,
+    Runs,
+    encode_sealed,
+    inventory,
+    missing_from_neighbours,
+    missing_from_seal,
+    run_count,
+    runs_to_json,
+)
+from wal_bridge.wal.segment import (
+    OPEN,
+    SEALED,
+    Ranges,
+    SealInfo,
+    Segment,
+    TopicPartition,
+    ranges_to_json,
+    scan,
+)
+
+if TYPE_CHECKING:
+    from wal_bridge.wal.log import KeyPolicy
 
 log = get_logger("wal_bridge.wal")
 
 
 @dataclass
 class RecoveryReport:
-    """What recovery did, for the start-up log line."""
+    """What recovery did, for the start-up log line, the metrics and ``inspect``."""
 
     sealed: list[int] = field(default_factory=list)  # open segments sealed at start
-    truncated: list[tuple[int, int]] = field(default_factory=list)  # (segment, bytes cut)
+    # (segment, bytes cut) of open segments' torn tails: records there may have been committed
+    truncated: list[tuple[int, int]] = field(default_factory=list)
+    cut_after_seal: list[tuple[int, int]] = field(default_factory=list)  # (segment, bytes cut)
     quarantined: list[tuple[int, str]] = field(default_factory=list)  # (segment, reason)
+    # One entry per salvage decision: segment, decision, byte_offset, ranges...
+    salvaged: list[dict[str, Any]] = field(default_factory=list)
+    salvaged_bytes: int = 0  # bytes of verified frames kept from damaged segments
+    damaged_bytes: int = 0  # bytes that did not verify (or followed a seal frame), set aside
+    refetch: list[int] = field(default_factory=list)  # re-fetch jobs made (their segment M)
     removed_temp: int = 0
     removed_empty: int = 0
     scanned_bytes: int = 0
@@ -55,100 +120,312 @@ class RecoveryReport:
 @dataclass
 class Recovered:
     """The index recovery rebuilt: every segment kept, by number (the ``unsealed`` ones
-    included), the open segments the WAL must seal, and the next sequence number."""
+    included), the open segments the WAL must seal, the pending re-fetches by their segment
+    number, and the next sequence number."""
 
     index: dict[int, Segment]
     unsealed: list[Segment]
     next_seq: int
     report: RecoveryReport
+    refetch: dict[int, RefetchJob] = field(default_factory=dict)
 
 
-def recover(layout: WalLayout, outbox: Outbox, quarantine: Quarantine) -> Recovered:
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class _Context:
+    layout: WalLayout
+    quarantine: Quarantine
+    report: RecoveryReport
+    keys: KeyPolicy | None
+    instance_id: str
+    now_ms: Callable[[], int]
+    jobs: dict[int, RefetchJob]
+    next_seq: int
+
+    def job_for(self, seq: int, need: Runs, reason: str, offset: int) -> RefetchJob:
+        """The re-fetch job of segment ``seq``'s damaged offsets, made durable before the
+        segment is rewritten; the one an interrupted recovery made already is reused."""
+        for job in self.jobs.values():
+            if job.of_segment == seq:
+                return job
+        job = RefetchJob(self.next_seq, seq, need, reason, offset, self.now_ms())
+        self.next_seq += 1
+        durable.write_atomic(self.layout.refetch(job.seq), json.dumps(job.to_json()).encode())
+        self.jobs[job.seq] = job
+        self.report.refetch.append(job.seq)
+        return job
+
+
+def recover(layout: WalLayout, outbox: Outbox, quarantine: Quarantine, *,
+            keys: KeyPolicy | None = None, instance_id: str = "",
+            now_ms: Callable[[], int] = _wall_ms) -> Recovered:
     """Bring the directory to a state where every segment is sealed (or handed over to be),
-    quarantined or gone; load the outbox's and the quarantine's state on the way."""
+    salvaged, quarantined or gone; load the outbox's, the quarantine's and the pending
+    re-fetches' state on the way. ``keys`` and ``instance_id`` name the objects of a segment
+    whose seal frame is rewritten (without them such a segment is quarantined)."""
     started = time.monotonic()
     report = RecoveryReport()
     for directory in layout.directories:
         report.removed_temp += len(durable.remove_temp_files(directory))
-    max_seq = max(outbox.load(), quarantine.load())
+    listing = layout.list_segments()
+    jobs = _load_jobs(layout, {seq for seq, _ in listing})
+    max_seq = max(outbox.load(), quarantine.load(), *jobs, *(seq for seq, _ in listing), 0)
+    ctx = _Context(layout, quarantine, report, keys, instance_id, now_ms, jobs, max_seq + 1)
     converted = layout.converted()
     index: dict[int, Segment] = {}
     unsealed: list[Segment] = []
-    for seq, state in layout.list_segments():
+    deferred: list[tuple[int, bytes, Inventory]] = []
+    for seq, state in listing:
         path = layout.segment(seq, state)
-        max_seq = max(max_seq, seq)
         data = path.read_bytes()
         report.scanned_bytes += len(data)
-        segment = _recover_segment(layout, quarantine, seq, state, data, report=report)
+        if state == SEALED:
+            segment = _recover_sealed(ctx, seq, data, converted=seq in converted)
+            if isinstance(segment, Inventory):
+                deferred.append((seq, data, segment))
+                continue
+        else:
+            segment = _recover_open(ctx, seq, data)
         if segment is None:
             continue
         if segment.state == OPEN:
             unsealed.append(segment)
             if segment.seal is None:
                 report.sealed.append(seq)
-        segment.converted = seq in converted
+        if segment.state == SEALED and not segment.converted:
+            segment.converted = seq in converted and layout.parquet(seq).exists()
         if segment.converted:
             segment.parquet_bytes = outbox.bytes(seq)
         index[seq] = segment
+    for seq, data, inv in deferred:  # no seal frame: bounded by the segments around it
+        segment = _reseal(ctx, seq, data, inv, index)
+        if segment is not None:
+            index[seq] = segment
     report.duration_s = time.monotonic() - started
-    return Recovered(index, unsealed, max_seq + 1, report)
+    return Recovered(index, unsealed, ctx.next_seq, report, jobs)
 
 
-def _recover_segment(
-    layout: WalLayout, quarantine: Quarantine, seq: int, state: str, data: bytes, *,
-    report: RecoveryReport,
-) -> Segment | None:
-    """Decide what one segment file becomes; None when it leaves the index."""
-    path = layout.segment(seq, state)
-    if state == OPEN and len(data) < SEGMENT_HEADER_SIZE:
+def _load_jobs(layout: WalLayout, segments: set[int]) -> dict[int, RefetchJob]:
+    """The pending re-fetches; one whose segment M exists already was done (a crash came
+    between writing M and removing the job): its job file is removed."""
+    jobs: dict[int, RefetchJob] = {}
+    for seq, raw in layout.read_refetch():
+        if seq in segments:
+            layout.refetch(seq).unlink(missing_ok=True)
+            durable.fsync_dir(layout.segments)
+            continue
+        try:
+            jobs[seq] = RefetchJob.from_json(seq, raw)
+        except (KeyError, ValueError, TypeError):
+            log.error("refetch_job_unreadable", segment=seq, path=str(layout.refetch(seq)))
+    return jobs
+
+
+def _recover_open(ctx: _Context, seq: int, data: bytes) -> Segment | None:
+    """Decide what an open segment file becomes; None when it leaves the index."""
+    layout, report = ctx.layout, ctx.report
+    path = layout.segment(seq, OPEN)
+    if len(data) < SEGMENT_HEADER_SIZE:
         path.unlink()  # created, but its header never made it: it holds no record
         report.removed_empty += 1
         return None
     try:
-        # A sealed segment's seal frame holds its offset ranges: verifying the checksums is
-        # enough, and skipping the per-frame group-by is most of the scan's speed.
-        result = scan(data, ranges=state == OPEN)
-        if state == SEALED and (result.error is not None or result.seal is None):
-            result = scan(data)  # damaged: the ranges of its good frames, for the report
-        elif result.seal is not None and state == SEALED:
-            result.ranges = dict(result.seal.ranges)
+        result = scan(data)
     except DecodeError as exc:
         error = CorruptionError(path, exc.offset, f"segment header: {exc.reason}")
-        _quarantine(quarantine, seq, error, ScanResult(seq, 0, len(data), 0), report)
+        _quarantine(ctx, seq, error, {})
         return None
-    if result.error is not None and not (state == OPEN and result.tail_only):
+    if result.error is not None and not result.tail_only:
         error = CorruptionError(path, result.error.offset, result.error.reason)
-        _quarantine(quarantine, seq, error, result, report)
-        return None
-    if state == SEALED and result.seal is None:
-        error = CorruptionError(path, result.size, "sealed segment has no seal frame")
-        _quarantine(quarantine, seq, error, result, report)
+        _quarantine(ctx, seq, error, result.ranges)
         return None
     if result.error is not None:  # torn tail of the open segment: cut it, keep it
-        _cut_tail(layout, path, data, result)
+        _cut_tail(layout, path, data, end=result.valid_end, reason=result.error.reason, seq=seq)
         report.truncated.append((seq, result.size - result.valid_end))
-    if state == OPEN and result.seal is None and result.records == 0:
+    if result.seal is None and result.records == 0:
         path.unlink()
         durable.fsync_dir(layout.segments)
         report.removed_empty += 1
         return None
-    return Segment(seq, state, path, result.valid_end, result.records, result.created_ms,
+    return Segment(seq, OPEN, path, result.valid_end, result.records, result.created_ms,
                    result.ranges, result.seal)
 
 
-def _quarantine(quarantine: Quarantine, seq: int, error: CorruptionError, result: ScanResult,
-                report: RecoveryReport) -> None:
-    quarantine.set_aside(seq, error, result.ranges)
-    report.quarantined.append((seq, error.reason))
+def _recover_sealed(ctx: _Context, seq: int, data: bytes, *, converted: bool
+                    ) -> Segment | Inventory | None:
+    """Decide what a sealed segment file becomes: a Segment to index, None when it leaves the
+    index, or its Inventory when it has no seal frame (decided once the index is known)."""
+    layout = ctx.layout
+    path = layout.segment(seq, SEALED)
+    try:
+        inv: Inventory | None = inventory(data)
+    except DecodeError as exc:
+        inv = None
+        header_error = exc
+    seal = inv.seal if inv is not None else None
+    if converted:
+        shipped = _ship_converted(ctx, seq, data, inv)
+        if shipped is not None:
+            return shipped
+    if inv is None:
+        error = CorruptionError(path, header_error.offset, f"segment header: {header_error.reason}")
+        _quarantine(ctx, seq, error, {})
+        return None
+    if inv.whole:
+        assert seal is not None
+        return Segment(seq, SEALED, path, len(data), seal.records, inv.created_ms,
+                       dict(seal.ranges), seal)
+    if seal is not None and not inv.damaged:
+        assert inv.after_seal is not None
+        _cut_after_seal(ctx, seq, path, data, inv.after_seal)
+        return Segment(seq, SEALED, path, inv.after_seal, seal.records, inv.created_ms,
+                       dict(seal.ranges), seal)
+    if seal is None:
+        return inv
+    need = missing_from_seal(inv)
+    kept = replace(seal, records=inv.records, ranges=inv.kept_ranges())
+    return _rewrite(ctx, seq, data, inv, seal=kept, need=need, what="records frames damaged")
 
 
-def _cut_tail(layout: WalLayout, path: Path, data: bytes, result: ScanResult) -> None:
-    """Cut the torn tail off an open segment, keeping the bytes in ``N.torn``."""
-    assert result.error is not None
-    torn = layout.torn(result.seq)
-    durable.write_atomic(torn, data[result.valid_end :])
-    durable.truncate(path, result.valid_end)
-    log.warning(
-        "segment_tail_truncated", segment=result.seq, bytes=result.size - result.valid_end,
-        offset=result.valid_end, reason=result.error.reason, kept=str(torn),
-    )
+def _ship_converted(ctx: _Context, seq: int, data: bytes, inv: Inventory | None
+                    ) -> Segment | None:
+    """A converted segment whose Parquet files are complete and agree with its seal frame
+    ships them, whatever happened to the segment file; incomplete or disagreeing files are
+    removed (the segment is converted again). None when the files do not ship."""
+    layout = ctx.layout
+    seal = inv.seal if inv is not None else None
+    footer = converted_seal(layout.parquet(seq), layout.dead_letters(seq), seq)
+    agrees = footer is not None and (seal is None or (
+        seal.records == footer.records and seal.ranges == footer.ranges
+        and seal.sealed_at_ms == footer.sealed_at_ms))
+    if footer is None or not agrees:
+        why = "incomplete (its footer does not verify)" if footer is None else (
+            "its footer disagrees with the seal frame")
+        for stale in layout.outbox_files(seq):
+            stale.unlink(missing_ok=True)
+        durable.fsync_dir(layout.outbox)
+        log.warning("converted_file_removed", segment=seq, reason=why,
+                    path=str(layout.parquet(seq)), action="converting the segment again")
+        ctx.report.salvaged.append({"segment": seq, "decision": "reconvert", "reason": why})
+        return None
+    assert footer is not None
+    if seal is None:
+        if ctx.keys is None:
+            return None
+        key, dead_key = ctx.keys.object_keys(footer.sealed_at_ms, footer.instance, seq)
+        seal = replace(footer, key=key, dead_letter_key=dead_key)
+    path = layout.segment(seq, SEALED)
+    size = len(data)
+    if inv is not None and inv.seal is not None and not inv.damaged and inv.after_seal:
+        _cut_after_seal(ctx, seq, path, data, inv.after_seal)
+        size = inv.after_seal
+    elif inv is None or not inv.whole:
+        offset = (inv.damaged[0][0] if inv is not None and inv.damaged else 0)
+        ctx.report.salvaged.append({"segment": seq, "decision": "ship_converted",
+                                    "byte_offset": offset, "key": seal.key,
+                                    "ranges": ranges_to_json(seal.ranges)})
+        log.warning("segment_salvaged", segment=seq, decision="ship_converted",
+                    byte_offset=offset, records=seal.records, key=seal.key,
+                    ranges=ranges_to_json(seal.ranges),
+                    note="the segment file is damaged; its complete Parquet file ships")
+    created = inv.created_ms if inv is not None else seal.sealed_at_ms
+    return Segment(seq, SEALED, path, size, seal.records, created, dict(seal.ranges), seal,
+                   converted=True)
+
+
+def _reseal(ctx: _Context, seq: int, data: bytes, inv: Inventory,
+            index: dict[int, Segment]) -> Segment | None:
+    """A sealed segment whose seal frame is damaged: its damaged records frames are bounded
+    by the frames and segments around them, and it gets a new seal frame (a new key: it was
+    never converted, so no object has the old one). Ambiguous damage is quarantined."""
+    path = ctx.layout.segment(seq, SEALED)
+    before: dict[TopicPartition, int] = {}
+    after: dict[TopicPartition, int] = {}
+    for other in index.values():
+        for tp, rng in other.ranges.items():
+            if other.seq < seq:
+                before[tp] = max(before.get(tp, rng.last), rng.last)
+            elif other.seq > seq:
+                after[tp] = min(after.get(tp, rng.first), rng.first)
+    kept_tps = set(inv.kept_ranges())
+    try:
+        need = missing_from_neighbours(
+            inv, data, {tp: o for tp, o in before.items() if tp in kept_tps},
+            {tp: o for tp, o in after.items() if tp in kept_tps})
+    except Ambiguous as exc:
+        offset = inv.damaged[0][0] if inv.damaged else inv.size
+        _quarantine(ctx, seq, CorruptionError(path, offset, f"seal frame damaged; {exc}"),
+                    inv.kept_ranges())
+        return None
+    if ctx.keys is None or not inv.kept:
+        offset = inv.damaged[0][0] if inv.damaged else inv.size
+        why = "no frame verifies" if not inv.kept else "no destination to name its object"
+        _quarantine(ctx, seq, CorruptionError(path, offset, f"seal frame damaged; {why}"),
+                    inv.kept_ranges())
+        return None
+    now = ctx.now_ms()
+    instance = ctx.instance_id or "unknown"
+    key, dead_key = ctx.keys.object_keys(now, instance, seq)
+    seal = SealInfo(seq, instance, key, dead_key, now, inv.records, inv.kept_ranges())
+    return _rewrite(ctx, seq, data, inv, seal=seal, need=need, what="seal frame damaged")
+
+
+def _rewrite(ctx: _Context, seq: int, data: bytes, inv: Inventory, *, seal: SealInfo,
+             need: Runs, what: str) -> Segment | None:
+    """Replace a damaged sealed segment by its verified frames and ``seal``; keep the old file
+    as ``N.damaged``; make the re-fetch job of ``need`` durable first."""
+    layout, report = ctx.layout, ctx.report
+    path = layout.segment(seq, SEALED)
+    offset = inv.damaged[0][0] if inv.damaged else inv.size
+    job = ctx.job_for(seq, need, what, offset) if need else None
+    durable.write_atomic(layout.damaged(seq), data)
+    kept_bytes = sum(k.end - k.offset for k in inv.kept)
+    report.salvaged_bytes += kept_bytes
+    report.damaged_bytes += sum(b - a for a, b in inv.damaged) + (
+        inv.size - inv.after_seal if inv.after_seal is not None else 0)
+    entry = {
+        "segment": seq, "decision": "rewrite", "reason": what, "byte_offset": offset,
+        "damaged_bytes": [[a, b] for a, b in inv.damaged], "kept_frames": len(inv.kept),
+        "kept_records": inv.records, "kept_bytes": kept_bytes, "key": seal.key,
+        "ranges": ranges_to_json(seal.ranges), "refetch": runs_to_json(need),
+        "refetch_segment": job.seq if job else None,
+    }
+    report.salvaged.append(entry)
+    log.warning("segment_salvaged", **{k: v for k, v in entry.items() if k != "decision"},
+                decision="rewrite", records_to_refetch=run_count(need),
+                kept=str(layout.damaged(seq)))
+    if not inv.kept:
+        path.unlink()
+        durable.fsync_dir(layout.segments)
+        return None
+    body = encode_sealed(seq, inv.created_ms, inv.batches, seal)
+    durable.write_atomic(path, body)
+    return Segment(seq, SEALED, path, len(body), seal.records, inv.created_ms,
+                   dict(seal.ranges), seal)
+
+
+def _quarantine(ctx: _Context, seq: int, error: CorruptionError, ranges: Ranges) -> None:
+    ctx.quarantine.set_aside(seq, error, ranges)
+    ctx.report.quarantined.append((seq, error.reason))
+
+
+def _cut_after_seal(ctx: _Context, seq: int, path: Path, data: bytes, end: int) -> None:
+    """Bytes after a good seal frame are no part of the segment: cut them, keep them."""
+    _cut_tail(ctx.layout, path, data, end=end, reason="bytes after the seal frame", seq=seq)
+    ctx.report.cut_after_seal.append((seq, len(data) - end))
+    ctx.report.damaged_bytes += len(data) - end
+    ctx.report.salvaged.append({"segment": seq, "decision": "cut_after_seal",
+                                "byte_offset": end, "bytes": len(data) - end})
+
+
+def _cut_tail(layout: WalLayout, path: Path, data: bytes, *, end: int, reason: str,
+              seq: int) -> None:
+    """Cut the bytes from ``end`` on off a segment file, keeping them in ``N.torn``."""
+    torn = layout.free_torn(seq)
+    durable.write_atomic(torn, data[end:])
+    durable.truncate(path, end)
+    log.warning("segment_tail_truncated", segment=seq, bytes=len(data) - end, offset=end,
+                reason=reason, kept=str(torn))

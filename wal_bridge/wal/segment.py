@@ -172,7 +172,7 @@ class ScanResult:
     tail_only: bool = True
 
 
-def _frames_from(data: memoryview, start: int) -> Iterator[Frame]:
+def frames_from(data: memoryview, start: int) -> Iterator[Frame]:
     """Every frame whose checksum holds, from ``start`` on: after a bad one, the next is looked
     for at the next frame magic. Damage never stops it; it never raises."""
     raw = data.obj if isinstance(data.obj, bytes) else bytes(data)
@@ -190,7 +190,7 @@ def _frames_from(data: memoryview, start: int) -> Iterator[Frame]:
 def _good_frame_after(data: memoryview, start: int) -> bool:
     """Is there any frame with a valid checksum starting after ``start``?"""
     raw = data.obj if isinstance(data.obj, bytes) else bytes(data)
-    return next(_frames_from(data, raw.find(FRAME_MAGIC, start + 1)), None) is not None
+    return next(frames_from(data, raw.find(FRAME_MAGIC, start + 1)), None) is not None
 
 
 def iter_frames(data: memoryview) -> Iterator[Frame]:
@@ -278,7 +278,7 @@ def salvage(data: bytes) -> Salvaged:
     except DecodeError:
         start = 0
     found = Salvaged()
-    for frame in _frames_from(view, start):
+    for frame in frames_from(view, start):
         if frame.kind is FrameKind.RECORDS:
             with contextlib.suppress(DecodeError):
                 found.batches.append(decode_records(frame))

@@ -171,8 +171,9 @@ def test_a_flipped_bit_before_the_end_quarantines_the_segment(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("where", ["middle", "end"])
-def test_a_sealed_segment_with_any_damage_is_quarantined(tmp_path: Path, where: str) -> None:
-    """A sealed segment is immutable: a flipped bit anywhere, even at its end, quarantines it."""
+def test_a_damaged_sealed_segment_is_salvaged_not_quarantined(tmp_path: Path, where: str) -> None:
+    """A flipped bit in a sealed segment's only records frame leaves its offsets to re-fetch;
+    one in its seal frame keeps every record under a new seal. Nothing is quarantined."""
     wal = open_wal(tmp_path, batch_size=10)
     wal.append(batch(0, 0, 10))
     wal.close()
@@ -181,8 +182,18 @@ def test_a_sealed_segment_with_any_damage_is_quarantined(tmp_path: Path, where: 
     data[SEGMENT_HEADER_SIZE + 30 if where == "middle" else len(data) - 3] ^= 0x01
     path.write_bytes(bytes(data))
     wal = open_wal(tmp_path)
-    assert [seq for seq, _ in wal.recovery.quarantined] == [1]
-    assert (tmp_path / "quarantine" / "0000000001.sealed").exists()
+    assert wal.recovery.quarantined == []
+    assert (tmp_path / "segments" / "0000000001.damaged").read_bytes() == bytes(data)
+    if where == "middle":
+        assert wal.snapshot() == []
+        assert [job.need for job in wal.refetch_jobs()] == [{("events", 0): [(0, 9)]}]
+        assert wal.next_offsets() == {("events", 0): 10}
+        assert wal.unshipped_offsets() == {("events", 0): 0}
+    else:
+        assert [(s.records, s.ranges) for s in wal.snapshot()] == [
+            (10, {("events", 0): Range(0, 9, 10)})]
+        assert wal.refetch_jobs() == []
+        assert scan(path.read_bytes()).error is None
     wal.close()
 
 
