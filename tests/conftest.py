@@ -1,9 +1,10 @@
-"""Fixtures for tests against real services: Kafka (KRaft), fake-gcs-server, Toxiproxy, and
-bigquery-emulator.
+"""Fixtures for tests against real services: Kafka (KRaft), fake-gcs-server, Toxiproxy,
+bigquery-emulator, and a schema registry (Apicurio Registry).
 
 Session fixtures start a service the first time a test asks for it, so tests/unit/ never starts
-anything. A service named by WAL_BRIDGE_TEST_KAFKA / _GCS / _TOXIPROXY / _BIGQUERY is used as it
-is instead.
+anything (and only the tests that ask for ``schema_registry`` start the registry). A service named
+by WAL_BRIDGE_TEST_KAFKA / _GCS / _TOXIPROXY / _BIGQUERY / _SCHEMA_REGISTRY is used as it is
+instead.
 A provisioning or start-up failure fails the test (never a skip: CI must notice).
 
 - ``kafka``: ``.bootstrap``, ``.cluster_id``, ``.managed``, ``.create_topic(name, partitions=3)``,
@@ -15,6 +16,12 @@ A provisioning or start-up failure fails the test (never a skip: CI must notice)
 - ``toxiproxy``: ``ToxiproxyClient``; toxics are reset and its proxies deleted after each test.
 - ``bigquery``: ``.url``, ``.project``, ``.client() -> google.cloud.bigquery.Client``; its load
   jobs read ``gs://`` from the ``gcs`` emulator.
+- ``schema_registry``: ``.url`` (the Confluent-compatible API: SCHEMA_REGISTRY_URL, and the
+  ``url`` of ``SchemaRegistryClient``), ``.managed``, ``.client()`` (a fresh
+  ``confluent_kafka.schema_registry.SchemaRegistryClient``), and ``.stop()``, ``.start()``,
+  ``.kill()``, ``.restart()``, ``.alive()`` (schemas and ids survive a stop), which skip the
+  test when the registry is external. A registry a test left stopped is started after that test.
+- ``subject_prefix``: a fresh name to put in front of subjects (registry state is per session).
 - ``topic``: a fresh 3-partition topic; ``bucket``: a fresh bucket.
 
 Nothing here sets environment variables: tests hand STORAGE_EMULATOR_HOST to subprocesses.
@@ -36,6 +43,7 @@ from scripts import services  # importable through pytest's `pythonpath = ["."]`
 from scripts.services import bigquery as bigquery_service
 from scripts.services import gcs as gcs_service
 from scripts.services import kafka as kafka_service
+from scripts.services import schema_registry as schema_registry_service
 from scripts.services import toxiproxy as toxiproxy_service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,6 +197,53 @@ class BigQueryHandle:
         )
 
 
+class SchemaRegistryHandle:
+    """The session's schema registry as tests see it; lifecycle calls skip when it is external."""
+
+    def __init__(self, registry: schema_registry_service.Registry) -> None:
+        self._registry = registry
+        self.url = registry.ccompat_url
+        self.managed = registry.managed
+
+    def client(self) -> Any:
+        """A new ``SchemaRegistryClient`` for the registry (imported here, so tests that never
+        use a registry do not pay for the import)."""
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        return SchemaRegistryClient({"url": self.url})
+
+    def _lifecycle(self, action: Callable[[], None], name: str) -> None:
+        if not self.managed:
+            pytest.skip(
+                f"schema_registry.{name}() needs a registry started by the harness, not "
+                f"{services.SCHEMA_REGISTRY_ENV}={self.url}"
+            )
+        action()
+
+    def stop(self) -> None:
+        """SIGTERM the registry and wait for it to exit: requests to it are refused."""
+        self._lifecycle(self._registry.stop, "stop")
+
+    def kill(self) -> None:
+        """SIGKILL the registry (its schemas stay in its H2 file)."""
+        self._lifecycle(self._registry.kill, "kill")
+
+    def start(self) -> None:
+        """Start a stopped registry on the same port and wait until it answers."""
+        self._lifecycle(self._registry.start, "start")
+
+    def restart(self) -> None:
+        self._lifecycle(self._registry.restart, "restart")
+
+    def alive(self) -> bool:
+        return self._registry.alive()
+
+    def heal(self) -> None:
+        """Start again a harness registry that a test left stopped."""
+        if self.managed and not self._registry.alive():
+            self._registry.start()
+
+
 # Session fixtures that were set up, so per-test healing only touches what exists.
 _ACTIVE: dict[str, Any] = {}
 
@@ -280,13 +335,49 @@ def bigquery(gcs: GcsHandle) -> Iterator[BigQueryHandle]:
         emulator.close()
 
 
+@pytest.fixture(scope="session")
+def schema_registry() -> Iterator[SchemaRegistryHandle]:
+    """The session's schema registry (harness-run Apicurio Registry 3.0.9, or
+    WAL_BRIDGE_TEST_SCHEMA_REGISTRY); ``.url`` is its Confluent-compatible API."""
+    address = services.external("schema_registry")
+    if address:
+        handle = SchemaRegistryHandle(schema_registry_service.ExternalRegistry(address))
+        yield handle
+        return
+
+    def make() -> schema_registry_service.ApicurioRegistry:
+        return _launched(schema_registry_service.ApicurioRegistry(
+            schema_registry_service.provision(services.cache_root())
+        ))
+
+    registry = _start("Schema registry", make)
+    handle = SchemaRegistryHandle(registry)
+    _ACTIVE["schema_registry"] = handle
+    try:
+        yield handle
+    finally:
+        _ACTIVE.pop("schema_registry", None)
+        registry.close()
+
+
+@pytest.fixture
+def subject_prefix(request: pytest.FixtureRequest) -> str:
+    """A fresh prefix for subject names, so tests sharing the session's registry never meet."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:40]
+    return f"{stem}-{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture(autouse=True)
 def _restore_services() -> Iterator[None]:
-    """After each test: restart a broker it stopped, and clear the proxies and toxics it made."""
+    """After each test: restart a broker or registry it stopped, and clear the proxies and
+    toxics it made."""
     yield
     handle = _ACTIVE.get("kafka")
     if isinstance(handle, KafkaHandle):
         _start("Kafka (restart after the test)", handle.heal)
+    registry = _ACTIVE.get("schema_registry")
+    if isinstance(registry, SchemaRegistryHandle):
+        _start("Schema registry (restart after the test)", registry.heal)
     client = _ACTIVE.get("toxiproxy")
     if isinstance(client, toxiproxy_service.ToxiproxyClient):
         client.cleanup()

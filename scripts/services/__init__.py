@@ -13,6 +13,8 @@ against the compose stack; nothing is provisioned or started for it then:
 - ``WAL_BRIDGE_TEST_TOXIPROXY``: Toxiproxy API URL (``http://127.0.0.1:8474``)
 - ``WAL_BRIDGE_TEST_BIGQUERY``: BigQuery emulator URL (``http://127.0.0.1:9050``), started with
   ``--project test`` and ``STORAGE_EMULATOR_HOST`` set to the GCS emulator above
+- ``WAL_BRIDGE_TEST_SCHEMA_REGISTRY``: a Confluent-compatible schema registry URL
+  (``http://127.0.0.1:8081``, Redpanda's; for Apicurio, ``http://HOST:PORT/apis/ccompat/v7``)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from . import bigquery, gcs, kafka, lazyfs, toxiproxy
+from . import bigquery, gcs, kafka, lazyfs, schema_registry, toxiproxy
 from .cache import cache_root, log
 from .errors import (
     NotManagedError,
@@ -38,12 +40,14 @@ KAFKA_ENV = "WAL_BRIDGE_TEST_KAFKA"
 GCS_ENV = "WAL_BRIDGE_TEST_GCS"
 TOXIPROXY_ENV = "WAL_BRIDGE_TEST_TOXIPROXY"
 BIGQUERY_ENV = "WAL_BRIDGE_TEST_BIGQUERY"
-SERVICES = ("kafka", "gcs", "toxiproxy", "bigquery")
+SCHEMA_REGISTRY_ENV = "WAL_BRIDGE_TEST_SCHEMA_REGISTRY"
+SERVICES = ("kafka", "gcs", "toxiproxy", "bigquery", "schema_registry")
 
 __all__ = [
     "BIGQUERY_ENV",
     "GCS_ENV",
     "KAFKA_ENV",
+    "SCHEMA_REGISTRY_ENV",
     "SERVICES",
     "TOXIPROXY_ENV",
     "NotManagedError",
@@ -60,6 +64,7 @@ __all__ = [
     "kafka",
     "lazyfs",
     "provision_all",
+    "schema_registry",
     "toxiproxy",
 ]
 
@@ -71,6 +76,7 @@ def external(service: str, env: Mapping[str, str] | None = None) -> str | None:
         "gcs": GCS_ENV,
         "toxiproxy": TOXIPROXY_ENV,
         "bigquery": BIGQUERY_ENV,
+        "schema_registry": SCHEMA_REGISTRY_ENV,
     }[service]
     value = (os.environ if env is None else env).get(variable, "").strip()
     return value or None
@@ -81,8 +87,8 @@ def provision_all(
 ) -> float:
     """Fill the cache for every service in ``services`` that the environment does not name.
 
-    Maven and the Go builds run side by side (one is network-bound, the other CPU-bound); the
-    Go builds run one after the other, then LazyFS's (where it can run: root and /dev/fuse;
+    Maven (the Kafka jars, then the schema registry) and the Go builds run side by side (one is
+    network-bound, the other CPU-bound); the Go builds run one after the other, then LazyFS's (where it can run: root and /dev/fuse;
     elsewhere a line says why not and the power-loss tests skip), the BigQuery emulator's
     (minutes, GiBs) last.
     Returns the seconds it took. Raises one SetupError that names every missing tool or failed
@@ -104,13 +110,17 @@ def provision_all(
         if "bigquery" in wanted:
             bigquery.provision(root)
 
-    def kafka_jars() -> None:
-        kafka.require_java()
-        kafka.provision(root)
+    def maven_artifacts() -> None:
+        if "kafka" in wanted:
+            kafka.require_java()
+            kafka.provision(root)
+        if "schema_registry" in wanted:
+            schema_registry.require_java()
+            schema_registry.provision(root)
 
     jobs: list[Callable[[], object]] = [go_builds]
-    if "kafka" in wanted:
-        jobs.append(kafka_jars)
+    if "kafka" in wanted or "schema_registry" in wanted:
+        jobs.append(maven_artifacts)
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         futures = [pool.submit(job) for job in jobs]
     failures = [error for f in futures if (error := f.exception()) is not None]

@@ -12,8 +12,8 @@ from .errors import ServiceError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/dev-services",
-        description="Kafka (KRaft), a GCS emulator, Toxiproxy and a BigQuery emulator on "
-        "loopback, from a cache.",
+        description="Kafka (KRaft), a GCS emulator, Toxiproxy, a BigQuery emulator and a "
+        "schema registry (Apicurio) on loopback, from a cache.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--gcs-port", type=int, default=0, help="default: a free port")
     start.add_argument("--toxiproxy-port", type=int, default=0, help="default: a free port")
     start.add_argument("--bigquery-port", type=int, default=0, help="default: a free port")
+    start.add_argument(
+        "--schema-registry-port", type=int, default=0, help="default: a free port"
+    )
     start.add_argument("--topic", default="events-stream", help="topic to create (3 partitions)")
     start.add_argument("--bucket", default="wal-bridge", help="bucket to create")
     show = commands.add_parser("status", help="show the running services and the export lines")
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.topic,
                 args.bucket,
                 bigquery_port=args.bigquery_port,
+                schema_registry_port=args.schema_registry_port,
             )
         if args.command == "status":
             return dev.status(args.env)

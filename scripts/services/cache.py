@@ -3,6 +3,7 @@
 Layout under ``$WAL_BRIDGE_CACHE`` (default ``~/.cache/wal-bridge``)::
 
     kafka-4.1.1/libs/*.jar          broker jars resolved by Maven
+    apicurio-registry-3.0.9/        the registry's runner jar and lib/, from Maven's tar.gz
     bin/fake-gcs-server-v1.56.1     built with `go install`
     bin/toxiproxy-server-v2.12.0
     bin/bigquery-emulator-v0.8.1

@@ -1,7 +1,7 @@
 """`scripts/dev-services up|status|down`: the services in the background, for a person.
 
-``up`` starts Kafka, the GCS emulator, Toxiproxy and the BigQuery emulator (reading ``gs://``
-from that GCS emulator) detached from the terminal, under
+``up`` starts Kafka, the GCS emulator, Toxiproxy, the BigQuery emulator (reading ``gs://``
+from that GCS emulator) and the schema registry (Apicurio) detached from the terminal, under
 ``run/`` in the cache, creates the default topic and a bucket, and records pids, ports and
 logs in ``run/state.json``. ``status`` reads that file and checks each process; ``down`` stops
 them and removes ``run/``.
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import bigquery, gcs, kafka, provision_all, toxiproxy
+from . import bigquery, gcs, kafka, provision_all, schema_registry, toxiproxy
 from .cache import cache_root, locked, log
 from .errors import ServiceError
 from .procs import pid_alive, port_open, stop_pid
@@ -69,6 +69,12 @@ def _exports(services: list[Running]) -> str:
         f"WAL_BRIDGE_TEST_TOXIPROXY={by_name['toxiproxy']}"
         # state written by an `up` from before the BigQuery emulator has no such entry
         + (f" WAL_BRIDGE_TEST_BIGQUERY={by_name['bigquery']}" if "bigquery" in by_name else "")
+        + (
+            f"\nexport SCHEMA_REGISTRY_URL={by_name['schema_registry']} "
+            f"WAL_BRIDGE_TEST_SCHEMA_REGISTRY={by_name['schema_registry']}"
+            if "schema_registry" in by_name
+            else ""
+        )
     )
 
 
@@ -78,6 +84,7 @@ def _show(services: list[Running]) -> bool:
         "gcs": "GCS emulator",
         "toxiproxy": "Toxiproxy API",
         "bigquery": "BigQuery emulator",
+        "schema_registry": "Schema registry",
     }
     all_up = True
     for service in services:
@@ -99,8 +106,9 @@ def up(
     bucket: str,
     *,
     bigquery_port: int = 0,
+    schema_registry_port: int = 0,
 ) -> int:
-    """Start the four services detached; print where they are and the export lines."""
+    """Start the five services detached; print where they are and the export lines."""
     root = cache_root()
     with locked(root, "run"):
         existing = _load()
@@ -145,6 +153,22 @@ def up(
             )
             warehouse.start()
             started.append(_running("bigquery", warehouse, warehouse.url, "bigquery-emulator"))
+            registry = schema_registry.ApicurioRegistry(
+                schema_registry.provision(root),
+                run / "schema-registry",
+                port=schema_registry_port,
+                detached=True,
+            )
+            log(f"starting the schema registry on {registry.url} ...")
+            registry.start()
+            started.append(
+                _running(
+                    "schema_registry",
+                    registry,
+                    registry.ccompat_url,
+                    schema_registry.RUNNER_JAR,
+                )
+            )
         except BaseException:
             _stop(started)
             shutil.rmtree(run, ignore_errors=True)

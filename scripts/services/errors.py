@@ -8,6 +8,7 @@ Or point the tests at services that are already running (the compose stack, for 
   WAL_BRIDGE_TEST_GCS=http://127.0.0.1:4443      GCS emulator URL
   WAL_BRIDGE_TEST_TOXIPROXY=http://127.0.0.1:8474  Toxiproxy API URL
   WAL_BRIDGE_TEST_BIGQUERY=http://127.0.0.1:9050   BigQuery emulator URL
+  WAL_BRIDGE_TEST_SCHEMA_REGISTRY=http://127.0.0.1:8081  schema registry (Confluent API) URL
 Nothing is provisioned for a service named that way."""
 
 
