@@ -88,9 +88,9 @@ def provision_all(
     """Fill the cache for every service in ``services`` that the environment does not name.
 
     Maven (the Kafka jars, then the schema registry) and the Go builds run side by side (one is
-    network-bound, the other CPU-bound); the Go builds run one after the other, then LazyFS's (where it can run: root and /dev/fuse;
-    elsewhere a line says why not and the power-loss tests skip), the BigQuery emulator's
-    (minutes, GiBs) last.
+    network-bound, the other CPU-bound); the Go builds run one after the other, then LazyFS's
+    (where it can run: root and /dev/fuse; elsewhere a line says why not and the power-loss
+    tests skip), the BigQuery emulator's (minutes, GiBs) last.
     Returns the seconds it took. Raises one SetupError that names every missing tool or failed
     step when all failures are of that kind (say, no `mvn` and no `go`).
     """
