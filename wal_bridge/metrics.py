@@ -82,6 +82,12 @@ class BridgeStatus:
     """Why the destination refuses to store the table's schema (so nothing converts); None
     when it did, or when the failure is transient."""
     stopping: bool = False
+    refetch_pending_ranges: int = 0
+    """Offset ranges that damaged WAL frames held, waiting to be read again from Kafka."""
+    refetch_pending_records: int = 0
+    """Offsets those ranges span (an upper bound: compaction holes are not records)."""
+    unrecoverable_records: int = 0
+    """Offsets damaged in the WAL and gone from Kafka, held in quarantine for the operator."""
     fatal: str | None = None
     """The error that stops the bridge, once there is one."""
 
@@ -114,6 +120,28 @@ class Metrics:
             "wal_bridge_upload_errors",
             "Permanent upload failures: the segment was marked stuck and is retried later.",
             registry=r)
+        self.salvage_decisions = Counter(
+            "wal_bridge_salvage_decisions",
+            "Decisions on damaged WAL segments at recovery, by decision (rewrite: verified "
+            "frames kept, the rest re-fetched; cut_after_seal; ship_converted; reconvert; "
+            "quarantine).", labelnames=["decision"], registry=r)
+        self.salvaged_bytes = Counter(
+            "wal_bridge_salvaged_bytes",
+            "Bytes of verified frames kept from damaged WAL segments.", registry=r)
+        self.damaged_bytes = Counter(
+            "wal_bridge_damaged_bytes",
+            "Bytes of WAL segments that did not verify, or followed a seal frame, set aside.",
+            registry=r)
+        self.refetch_ranges = Counter(
+            "wal_bridge_refetch_ranges",
+            "Offset ranges of damaged WAL frames read again from Kafka.", registry=r)
+        self.refetch_records = Counter(
+            "wal_bridge_refetch_records",
+            "Records read again from Kafka in place of damaged WAL frames.", registry=r)
+        self.refetch_lost_records = Counter(
+            "wal_bridge_refetch_lost_records",
+            "Offsets of damaged WAL frames that Kafka no longer holds: data loss, kept in "
+            "quarantine for the operator.", registry=r)
         self.wal_fsync_seconds = Histogram(
             "wal_bridge_wal_fsync_seconds",
             "Group commit latency: seconds to write one polled batch to the WAL and fsync it.",
@@ -175,6 +203,15 @@ class _StatusCollector:
         yield GaugeMetricFamily("wal_bridge_consumer_paused",
                                 "1 while consuming is paused (full disk or WAL_MAX_BYTES).",
                                 value=1 if status.paused else 0)
+        yield GaugeMetricFamily("wal_bridge_refetch_pending_ranges",
+                                "Offset ranges of damaged WAL frames waiting to be read again "
+                                "from Kafka.", value=status.refetch_pending_ranges)
+        yield GaugeMetricFamily("wal_bridge_refetch_pending_records",
+                                "Offsets those ranges span.", value=status.refetch_pending_records)
+        yield GaugeMetricFamily("wal_bridge_unrecoverable_records",
+                                "Offsets damaged in the WAL and gone from Kafka, held in "
+                                "quarantine (see `wal_bridge inspect`).",
+                                value=status.unrecoverable_records)
         yield GaugeMetricFamily("wal_bridge_ready", "1 when /readyz answers 200.",
                                 value=1 if self.readiness(status).ready else 0)
 

@@ -36,11 +36,13 @@ from wal_bridge.errors import (
 from wal_bridge.failpoints import Failpoints
 from wal_bridge.logs import RateLimited, get_logger
 from wal_bridge.metrics import BridgeStatus, Health, Metrics, MetricsServer
+from wal_bridge.refetch import Refetcher
 from wal_bridge.schema import SharedSchema
 from wal_bridge.sealer import Sealer
 from wal_bridge.sink import Sink, open_sink
 from wal_bridge.uploader import Uploader
 from wal_bridge.wal.log import Wal
+from wal_bridge.wal.recovery import RecoveryReport
 from wal_bridge.wal.segment import Segment
 
 log = get_logger("wal_bridge.runtime")
@@ -92,6 +94,16 @@ def oldest_age_s(segments: Iterable[Segment], now_s: float) -> float:
     """Seconds since the oldest segment that holds records was created; 0 when none does."""
     oldest = min((s.created_ms for s in segments if s.records), default=None)
     return max(0.0, now_s - oldest / 1000) if oldest is not None else 0.0
+
+
+def count_recovery(metrics: Metrics, report: RecoveryReport) -> None:
+    """Count recovery's decisions on damaged segments in the bridge's metrics."""
+    for decision in report.salvaged:
+        metrics.salvage_decisions.labels(decision["decision"]).inc()
+    for _ in report.quarantined:
+        metrics.salvage_decisions.labels("quarantine").inc()
+    metrics.salvaged_bytes.inc(report.salvaged_bytes)
+    metrics.damaged_bytes.inc(report.damaged_bytes)
 
 
 @dataclass
@@ -156,6 +168,8 @@ class Bridge:
             SharedSchema(self.sink, destination.schema_key, settings.wal_dir))
         self.sealer = Sealer(self.wal, converter, self.metrics)
         self.uploader = Uploader(self.wal, self.sink, self.halt, metrics=self.metrics)
+        self.refetcher = Refetcher(settings, self.wal, self.metrics)
+        count_recovery(self.metrics, self.wal.recovery)
         self.consumer: BridgeConsumer | None = None
         self.metrics.watch(self.status, readiness)
 
@@ -163,8 +177,10 @@ class Bridge:
         """What the stages report now (safe from any thread: each read is of a copy)."""
         segments = self.wal.snapshot()
         consumer = self.consumer
+        quarantine = self.wal.quarantine_status()
+        jobs = self.wal.refetch_jobs()
         return BridgeStatus(
-            segments=segments_by_state(segments, self.wal.quarantine_status().segments),
+            segments=segments_by_state(segments, quarantine.segments),
             stuck=tuple(sorted(self.uploader.stuck.copy())),
             wal_bytes=sum(s.bytes + s.parquet_bytes for s in segments),
             oldest_unshipped_age_s=oldest_age_s(segments, time.time()),
@@ -176,6 +192,9 @@ class Bridge:
             disk_full=self.sealer.disk_full,
             schema_blocked=self.sealer.schema_blocked,
             stopping=self.stop.is_set(),
+            refetch_pending_ranges=sum(len(r) for job in jobs for r in job.need.values()),
+            refetch_pending_records=sum(job.records for job in jobs),
+            unrecoverable_records=quarantine.lost_records,
             fatal=str(self.fatal) if self.fatal is not None else None,
         )
 
@@ -208,6 +227,8 @@ class Bridge:
                 self.settings.destination), settings=describe(self.settings),
             recovered_sealed=recovery.sealed, truncated=recovery.truncated,
             quarantined=[seq for seq, _ in recovery.quarantined],
+            salvaged=[(d["segment"], d["decision"]) for d in recovery.salvaged],
+            refetch=[(j.seq, j.of_segment, j.records) for j in self.wal.refetch_jobs()],
             scanned_bytes=recovery.scanned_bytes,
             recovery_ms=round(recovery.duration_s * 1000, 1),
         )
@@ -217,6 +238,7 @@ class Bridge:
             *(StageLoop(f"sealer-{n}", self.sealer.step, self.halt, self._on_fatal)
               for n in range(1, CONVERT_WORKERS + 1)),
             StageLoop("uploader", self.uploader.step, self.halt, self._on_fatal),
+            StageLoop("refetch", self.refetcher.step, self.halt, self._on_fatal, idle=1.0),
         ]
         for stage in stages:
             stage.start()

@@ -153,12 +153,13 @@ def test_converted_and_stuck_segments_show_attempts_and_the_last_error(tmp_path:
 
 
 def test_quarantined_segments_show_reason_ranges_and_readable_records(tmp_path: Path) -> None:
-    """A segment damaged in its middle is quarantined at start; inspect shows what it held."""
-    wal = open_wal(tmp_path, batch_size=30)
+    """An open segment damaged in its middle is quarantined at start (no seal frame says what
+    the damaged frame held); inspect shows what it held."""
+    wal = open_wal(tmp_path, batch_size=300)
     for first in (0, 10, 20):
         wal.append(batch(2, first, 10))
     wal.close()
-    path = tmp_path / "segments" / "0000000001.sealed"
+    path = tmp_path / "segments" / "0000000001.open"
     data = bytearray(path.read_bytes())
     frames = list(iter_frames(memoryview(bytes(data))))
     data[frames[1].offset + 20] ^= 0xFF  # inside the second records frame
@@ -170,7 +171,7 @@ def test_quarantined_segments_show_reason_ranges_and_readable_records(tmp_path: 
     assert report["segments"] == []
     (q,) = report["quarantined"]
     assert q["segment"] == 1
-    assert q["file"] == "quarantine/0000000001.sealed"
+    assert q["file"] == "quarantine/0000000001.open"
     assert q["readable_records"] == 10
     assert q["ranges"] == [{"topic": "events", "partition": 2, "first_offset": 0,
                             "last_offset": 9, "records": 10}]

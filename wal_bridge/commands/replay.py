@@ -9,8 +9,10 @@ A quarantined segment is rebuilt from two sources:
 
 1. every frame of the damaged file whose checksum holds, before and after the damage (the seal
    frame, when it survived, gives the segment's exact offset ranges and counts);
-2. Kafka, for the offsets of those ranges that no good frame holds: a plain consumer assigned to
-   exact offsets (no group, nothing committed), after checking the watermarks. Offsets below
+2. Kafka, for the offsets of those ranges that no good frame holds: the same exact-offset read
+   the running bridge heals damaged frames with (:func:`wal_bridge.refetch.fetch_runs`: a
+   consumer assigned to exact offsets, no group, nothing committed), after checking the
+   watermarks. Offsets below
    the earliest one Kafka still holds are reported, precisely, as not recoverable; the segment
    is then left alone unless ``--accept-loss`` says to rebuild what can be.
 
@@ -20,16 +22,15 @@ key), :meth:`Wal.release_quarantined` sets the quarantined file aside
 segment is shipped like any other. Replay never names or moves a WAL file itself.
 
 The WAL lock makes replay and a running bridge exclusive: stop the bridge first. (A running
-bridge retries stuck segments every 60 s by itself; replay is for when an operator fixed the
-cause, or for quarantined segments, which the bridge never touches.)
+bridge retries stuck segments every 60 s by itself, and re-fetches the offsets of damaged
+frames from Kafka by itself; replay is for when an operator fixed the cause, or for quarantined
+segments, which the bridge never touches.)
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,6 @@ from wal_bridge.commands.common import (
     PartitionOffsets,
     Progress,
     build_settings,
-    intervals,
     iso_ms,
     kafka_offsets,
     now_ms,
@@ -57,11 +57,12 @@ from wal_bridge.errors import (
     WalBridgeError,
     WalLockedError,
 )
+from wal_bridge.refetch import fetch_runs, split_need
 from wal_bridge.wal.codec import BATCH_SCHEMA
 from wal_bridge.wal.layout import REPLAYED_SUFFIX, WalLayout
 from wal_bridge.wal.lock import lock_holder
+from wal_bridge.wal.salvage import missing_runs
 from wal_bridge.wal.segment import (
-    Range,
     Ranges,
     SealInfo,
     batch_ranges,
@@ -72,7 +73,6 @@ from wal_bridge.wal.segment import (
 
 TP = tuple[str, int]
 Run = tuple[int, int]
-FETCH_IDLE_TIMEOUT = 30.0  # give up on a partition after this long without a record
 
 
 class ReplayError(WalBridgeError):
@@ -101,19 +101,6 @@ class Salvage:
     @property
     def needed(self) -> int:
         return sum(b - a + 1 for runs in self.need.values() for a, b in runs)
-
-
-def missing_runs(rng: Range, have: Iterable[int]) -> list[Run]:
-    """The offsets of ``rng`` not in ``have``, as runs."""
-    runs: list[Run] = []
-    nxt = rng.first
-    for a, b in intervals(o for o in have if rng.first <= o <= rng.last):
-        if a > nxt:
-            runs.append((nxt, a - 1))
-        nxt = b + 1
-    if nxt <= rng.last:
-        runs.append((nxt, rng.last))
-    return runs
 
 
 def plan_quarantined(layout: WalLayout, seq: int) -> Salvage:
@@ -145,114 +132,6 @@ def plan_quarantined(layout: WalLayout, seq: int) -> Salvage:
         if runs:
             plan.need[tp] = runs
     return plan
-
-
-def split_need(need: dict[TP, list[Run]], offsets: dict[TP, PartitionOffsets]
-               ) -> tuple[dict[TP, list[Run]], list[dict[str, Any]]]:
-    """What Kafka can still supply, and what it cannot (with the reason)."""
-    fetch: dict[TP, list[Run]] = {}
-    lost: list[dict[str, Any]] = []
-    for tp, runs in need.items():
-        off = offsets.get(tp)
-        for a, b in runs:
-            if off is None:
-                lost.append(_lost(tp, a, b, "the partition does not exist in Kafka"))
-                continue
-            if a < off.earliest:
-                top = min(b, off.earliest - 1)
-                lost.append(_lost(tp, a, top, f"deleted from Kafka (earliest offset is now "
-                                              f"{off.earliest}) and unreadable in the file"))
-            if b >= off.latest:
-                low = max(a, off.latest)
-                lost.append(_lost(tp, low, b, f"past the partition's end ({off.latest}): "
-                                              "the topic was truncated or recreated"))
-            lo, hi = max(a, off.earliest), min(b, off.latest - 1)
-            if lo <= hi:
-                fetch.setdefault(tp, []).append((lo, hi))
-    return fetch, lost
-
-
-def _lost(tp: TP, a: int, b: int, why: str) -> dict[str, Any]:
-    return {"topic": tp[0], "partition": tp[1], "first_offset": a, "last_offset": b,
-            "count": b - a + 1, "why": why}
-
-
-# ------------------------------------------------------------------------------- Kafka
-
-
-class _Fetch:
-    """The state of one exact-offset read: which offsets came back, which partitions are done."""
-
-    def __init__(self, fetch: dict[TP, list[Run]]) -> None:
-        self.fetch = fetch
-        self.got: dict[TP, set[int]] = {tp: set() for tp in fetch}
-        self.ends = {tp: max(b for _, b in runs) for tp, runs in fetch.items()}
-        self.open = set(fetch)
-        self.total = sum(b - a + 1 for runs in fetch.values() for a, b in runs)
-
-    def take(self, messages: list[Any]) -> list[Any]:
-        """The messages to keep; marks partitions done at their end (or at end of log)."""
-        from confluent_kafka import KafkaError
-
-        keep = []
-        for m in messages:
-            tp = (m.topic(), m.partition())
-            err, offset = m.error(), m.offset()
-            if err is not None or offset is None:
-                if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                    self.open.discard(tp)
-                continue
-            runs = self.fetch.get(tp, [])
-            if any(a <= offset <= b for a, b in runs) and offset not in self.got[tp]:
-                self.got[tp].add(offset)
-                keep.append(m)
-            if tp in self.ends and offset >= self.ends[tp]:
-                self.open.discard(tp)
-        return keep
-
-    def absent(self) -> dict[TP, list[Run]]:
-        result = {}
-        for tp, runs in self.fetch.items():
-            missing = [r for a, b in runs for r in missing_runs(Range(a, b, 0), self.got[tp])]
-            if missing:
-                result[tp] = missing
-        return result
-
-
-def fetch_runs(settings: Settings, fetch: dict[TP, list[Run]], progress: Progress | None = None
-               ) -> tuple[list[pa.RecordBatch], dict[TP, list[Run]]]:
-    """Read exactly the offsets of ``fetch`` from Kafka; also return the runs it had no record
-    for (control records, compaction, or a broker that stopped answering)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from wal_bridge.consumer import columns_of
-
-    if not fetch:
-        return [], {}
-    state = _Fetch(fetch)
-    consumer = Consumer({
-        **settings.kafka_config(), "group.id": f"wal-bridge-replay-{uuid.uuid4().hex}",
-        "enable.auto.commit": False, "enable.auto.offset.store": False,
-        "enable.partition.eof": True, "auto.offset.reset": "earliest",
-    })
-    batches: list[pa.RecordBatch] = []
-    try:
-        consumer.assign([TopicPartition(t, p, min(a for a, _ in runs))
-                         for (t, p), runs in fetch.items()])
-        last_record = time.monotonic()
-        while state.open and time.monotonic() - last_record < FETCH_IDLE_TIMEOUT:
-            messages = consumer.consume(num_messages=5000, timeout=1.0)
-            if any(m.error() is None for m in messages):
-                last_record = time.monotonic()
-            keep = state.take(messages)
-            if keep:
-                batches.append(columns_of(keep).to_arrow())
-            if progress is not None:
-                got = sum(len(v) for v in state.got.values())
-                progress.update(f"fetching from Kafka: {got}/{state.total} records")
-    finally:
-        consumer.close()
-    return batches, state.absent()
 
 
 # ------------------------------------------------------------------------------- replaying
@@ -297,7 +176,9 @@ def rebuild(bridge: Any, settings: Settings, salvage: Salvage, *, accept_loss: b
             outcome.detail = ("some offsets cannot be recovered (listed below); left in "
                               "quarantine. Rerun with --accept-loss to rebuild the rest")
             return outcome
-        kafka_batches, absent = fetch_runs(settings, fetch, progress)
+        fetched = fetch_runs(settings, fetch, lambda got, total: progress.update(
+            f"fetching from Kafka: {got}/{total} records"))
+        kafka_batches, absent = fetched.batches, fetched.absent
         progress.done()
     table = pa.Table.from_batches([*salvage.batches, *kafka_batches], schema=BATCH_SCHEMA)
     table = table.unify_dictionaries().combine_chunks()

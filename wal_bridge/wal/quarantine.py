@@ -37,6 +37,7 @@ class QuarantineStatus:
 
     segments: int
     bytes: int
+    lost_records: int = 0  # offsets a re-fetch found gone from Kafka (hold_lost entries)
 
 
 class Quarantine:
@@ -51,6 +52,7 @@ class Quarantine:
         self._now_ms = now_ms
         self.ranges: dict[int, Ranges] = {}  # seq -> the offsets the segment held
         self._bytes: dict[int, int] = {}
+        self._lost: dict[int, int] = {}  # seq -> offsets gone from Kafka (hold_lost entries)
 
     def load(self) -> int:
         """Read what earlier runs quarantined; return the highest segment number (0: none)."""
@@ -60,6 +62,10 @@ class Quarantine:
                 ranges = ranges_from_json(entry.info.get("ranges", []))
             self.ranges[entry.seq] = ranges
             self._bytes[entry.seq] = _size(entry.file)
+            lost = entry.info.get("lost")
+            if isinstance(lost, list):
+                self._lost[entry.seq] = sum(int(i.get("count", 0)) for i in lost
+                                            if isinstance(i, dict))
         return max(self.ranges, default=0)
 
     def set_aside(self, seq: int, error: CorruptionError, ranges: Ranges) -> None:
@@ -102,6 +108,7 @@ class Quarantine:
         durable.write_atomic(self.layout.reason(seq), json.dumps(info, indent=2).encode())
         self.ranges[seq] = ranges
         self._bytes[seq] = 0
+        self._lost[seq] = sum(int(i["count"]) for i in lost)
 
     def release(self, seq: int, report: dict[str, Any]) -> None:
         """Segment ``seq`` was rebuilt into new, durable segments: keep ``report`` beside it,
@@ -121,9 +128,11 @@ class Quarantine:
         durable.fsync_dir(layout.quarantine)
         self.ranges.pop(seq, None)
         self._bytes.pop(seq, None)
+        self._lost.pop(seq, None)
 
     def status(self) -> QuarantineStatus:
-        return QuarantineStatus(len(self.ranges), sum(self._bytes.values()))
+        return QuarantineStatus(len(self.ranges), sum(self._bytes.values()),
+                                sum(self._lost.values()))
 
 
 def _size(path: Path | None) -> int:
