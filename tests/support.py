@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 
@@ -163,6 +164,18 @@ def read_dir(root: Path, prefix: str) -> Landed:
         for p in sorted((root / prefix).rglob("*.parquet")) if not p.name.startswith(".")
     }
     return Landed(sorted(tables), tables)
+
+
+def in_ci() -> bool:
+    """Whether ``CI`` is set (``1``, ``true``, ``yes``): a missing tool is then a failure."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def missing(what: str) -> NoReturn:
+    """Fail under CI=true, skip elsewhere: ``what`` says what is missing and how to get it."""
+    if in_ci():
+        pytest.fail(f"CI=true but {what}", pytrace=False)
+    pytest.skip(what)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str,

@@ -9,7 +9,8 @@ configuration, the FIFO commands and the limits observed.
 
 :class:`LazyFs` is one mount: the data lives in ``<workdir>/data``, the application uses
 ``<workdir>/mnt``. Writes stay in LazyFS's cache (``cache_size``, RAM) until fsync or fdatasync;
-:meth:`LazyFs.clear_cache` drops every unsynced write, which is what a power cut does to them.
+:meth:`LazyFs.clear_cache` drops every unsynced write, which is what a power cut does to them;
+:meth:`LazyFs.power_cut` also unmounts and mounts again, as a machine would reboot.
 Directory operations (create, rename, unlink) are always kept, so LazyFS shows a missing *file*
 fsync (a renamed file comes back empty) but never a missing *directory* fsync.
 
@@ -119,9 +120,12 @@ class LazyFs:
         self._done_fd: int | None = None
         self._process = ServiceProcess(
             self.name,
-            [str(binary), str(self.mountpoint), "--config-path", str(self.config),
+            # The config path is given relative to the work directory: LazyFS's argument
+            # parser takes a path containing "-o" (any case: "/tmp/pytest-of-root/...") for
+            # an option and falls back to config/default.toml.
+            [str(binary), str(self.mountpoint), "--config-path", self.config.name,
              "-o", "allow_other", "-o", "modules=subdir", "-o", f"subdir={self.data}", "-f"],
-            self.workdir / "lazyfs.out", detached=False,
+            self.workdir / "lazyfs.out", detached=False, cwd=self.workdir,
         )
 
     def _write_config(self) -> None:
@@ -215,6 +219,19 @@ class LazyFs:
         answer = self.command("lazyfs::clear-cache")
         if "clear-cache" not in answer:
             raise ServiceError(f"LazyFS answered {answer!r} to lazyfs::clear-cache")
+        return time.monotonic() - started
+
+    def power_cut(self) -> float:
+        """Drop every unsynced write, then unmount and mount again (the reboot): what a power
+        cut leaves, with none of LazyFS's own state carried over. Return the seconds it took.
+
+        The reboot matters: right after the writer was killed, a start on the same mount has
+        seen an ``ftruncate`` of an existing file fail with ENOENT, which no disk does.
+        """
+        started = time.monotonic()
+        self.clear_cache()
+        self.unmount()
+        self.start()
         return time.monotonic() - started
 
     def unmount(self, timeout: float = 15.0) -> None:

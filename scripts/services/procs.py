@@ -87,12 +87,15 @@ class ServiceProcess:
         log_path: Path,
         detached: bool,
         env: dict[str, str] | None = None,
+        *,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.cmd = cmd
         self.log_path = log_path
         self.detached = detached
         self.env = env or {}
+        self.cwd = cwd
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -110,6 +113,7 @@ class ServiceProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env} if self.env else None,
+                cwd=self.cwd,
                 start_new_session=self.detached,
                 preexec_fn=hook,  # noqa: PLW1509 (see above)
             )
