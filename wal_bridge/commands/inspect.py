@@ -7,7 +7,13 @@ be sealed or shipped between listing and reading.
 
 Segment states: ``open`` (the active segment), ``sealed`` (waiting for conversion),
 ``converted`` (its Parquet file is in the outbox, waiting for upload; ``stuck`` when its upload
-failed permanently), and ``quarantined`` (damaged, set aside; see ``wal_bridge replay``).
+failed permanently), and ``quarantined`` (damaged beyond healing, set aside; see
+``wal_bridge replay``).
+
+Salvage (see :mod:`wal_bridge.wal.recovery`): the damaged sealed segments recovery rewrote
+(``damaged``, with the bytes of verified frames kept and the bytes set aside), the offset
+ranges waiting to be read again from Kafka (``refetch``) and those read already
+(``refetched``), and the ranges Kafka no longer held (``unrecoverable``: data loss).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from wal_bridge.errors import ConfigError
 from wal_bridge.wal.codec import SEGMENT_HEADER_SIZE, DecodeError
 from wal_bridge.wal.layout import WalLayout, read_json
 from wal_bridge.wal.lock import lock_holder
+from wal_bridge.wal.salvage import inventory
 from wal_bridge.wal.segment import (
     OPEN,
     SEALED,
@@ -141,7 +148,8 @@ def _quarantined(layout: WalLayout, now: int
             "quarantined_at": iso_ms(at),
             "age_s": round(max(0, now - int(at)) / 1000, 3) if at is not None else None,
             "ranges": ranges, "records": sum(int(r.get("records", 0)) for r in ranges),
-            "readable_records": readable,
+            "readable_records": readable, "of_segment": info.get("of_segment"),
+            "lost": info.get("lost"),
         })
     replayed = [{
         "segment": info.get("segment"), "replayed_at": info.get("replayed_at"),
@@ -150,6 +158,36 @@ def _quarantined(layout: WalLayout, now: int
         "file": layout.relative(path),
     } for path, info in layout.read_replayed()]
     return entries, replayed
+
+
+def _salvage(layout: WalLayout, quarantined: list[dict[str, Any]]) -> dict[str, Any]:
+    """Damaged files kept, re-fetches pending and done, and offsets lost (for ``inspect``)."""
+    damaged = []
+    for seq, path in layout.damaged_files():
+        try:
+            data = path.read_bytes()
+            inv = inventory(data)
+            kept = sum(k.end - k.offset for k in inv.kept)
+        except (FileNotFoundError, DecodeError):
+            data, kept = b"", 0
+        damaged.append({"segment": seq, "file": layout.relative(path), "bytes": len(data),
+                        "salvaged_bytes": kept, "damaged_bytes": len(data) - kept})
+    refetch = []
+    for seq, job in layout.read_refetch():
+        ranges = job.get("ranges", [])
+        refetch.append({"segment": seq, "of_segment": job.get("of_segment"), "ranges": ranges,
+                        "records": sum(int(r.get("count", 0)) for r in ranges),
+                        "reason": job.get("reason"), "byte_offset": job.get("byte_offset"),
+                        "created_at": iso_ms(job.get("created_at_ms"))})
+    refetched = [{"segment": seq, "of_segment": info.get("of_segment"),
+                  "ranges": info.get("ranges", []), "records": info.get("records"),
+                  "lost": info.get("lost", []),
+                  "completed_at": iso_ms(info.get("completed_at_ms"))}
+                 for seq, info in layout.read_refetched()]
+    unrecoverable = [{**item, "segment": q["segment"], "of_segment": q.get("of_segment")}
+                     for q in quarantined for item in q.get("lost") or []]
+    return {"damaged": damaged, "refetch": refetch, "refetched": refetched,
+            "unrecoverable": unrecoverable}
 
 
 def _partitions(segments: Iterable[dict[str, Any]], quarantined: Iterable[dict[str, Any]],
@@ -189,6 +227,7 @@ def inspect_wal(root: Path, now: int | None = None) -> dict[str, Any]:
     shipped = layout.read_shipped().next_offsets
     torn = [{"segment": seq, "file": layout.relative(p), "bytes": _size(p)}
             for seq, p in layout.torn_files()]
+    salvage = _salvage(layout, quarantined)
     by_state = dict.fromkeys(STATES, 0)
     for entry in segments:
         by_state[entry["state"]] += 1
@@ -203,6 +242,11 @@ def inspect_wal(root: Path, now: int | None = None) -> dict[str, Any]:
         "stuck": sum(1 for e in segments if e["upload"] and e["upload"]["stuck"]),
         "retrying": sum(1 for e in segments if e["upload"] and not e["upload"]["stuck"]),
         "damaged": sum(1 for e in segments if e["damage"]),
+        "salvaged_bytes": sum(d["salvaged_bytes"] for d in salvage["damaged"]),
+        "damaged_bytes": sum(d["damaged_bytes"] for d in salvage["damaged"]),
+        "refetch_pending_records": sum(r["records"] for r in salvage["refetch"]),
+        "refetched_records": sum(int(r["records"] or 0) for r in salvage["refetched"]),
+        "unrecoverable_records": sum(int(u.get("count", 0)) for u in salvage["unrecoverable"]),
     }
     return {
         "wal_dir": str(root), "generated_at": iso_ms(now),
@@ -212,7 +256,7 @@ def inspect_wal(root: Path, now: int | None = None) -> dict[str, Any]:
         "shipped": [{"topic": t, "partition": p, "next_offset": n}
                     for (t, p), n in sorted(shipped.items())],
         "segments": segments, "quarantined": quarantined, "replayed": replayed,
-        "torn": torn, "orphan_parquet": orphans,
+        "torn": torn, "orphan_parquet": orphans, **salvage,
         "partitions": _partitions(segments, quarantined, shipped), "totals": totals,
     }
 
@@ -227,7 +271,9 @@ def _range_text(r: dict[str, Any]) -> str:
 def _note(entry: dict[str, Any]) -> str:
     if entry["damage"]:
         d = entry["damage"]
-        return f"DAMAGED at byte {d['byte_offset']}: {d['reason']} (quarantined at next start)"
+        then = ("salvaged at next start: verified frames kept, the rest re-fetched"
+                if entry["state"] != "open" else "quarantined at next start")
+        return f"DAMAGED at byte {d['byte_offset']}: {d['reason']} ({then})"
     if entry["tail"]:
         t = entry["tail"]
         if t["status"] == "in_progress":
@@ -238,6 +284,30 @@ def _note(entry: dict[str, Any]) -> str:
         kind = "STUCK" if upload["stuck"] else "retrying"
         return f"{kind} after {upload['attempts']} attempt(s): {upload['last_error']}"
     return ""
+
+
+def _render_salvage(report: dict[str, Any]) -> list[str]:
+    """The re-fetches, the unrecoverable offsets and the damaged files kept, for people."""
+    out: list[str] = []
+    if report["refetch"] or report["refetched"]:
+        out += ["", "Re-fetch from Kafka (offsets of damaged frames):"]
+        out.append(table(
+            ["SEGMENT", "OF SEGMENT", "STATUS", "RECORDS", "OFFSETS"],
+            [[f"{r['segment']:010d}", f"{int(r['of_segment'] or 0):010d}", status,
+              r["records"], ", ".join(_range_text(x) for x in r["ranges"]) or "-"]
+             for status, rows in (("pending", report["refetch"]), ("done", report["refetched"]))
+             for r in rows], right=(3,)))
+    if report["unrecoverable"]:
+        out += ["", "UNRECOVERABLE (damaged in the WAL and gone from Kafka: data loss):"]
+        out.append(table(["TOPIC", "PARTITION", "OFFSETS", "COUNT", "OF SEGMENT", "WHY"],
+                         [[u["topic"], u["partition"], f"{u['first_offset']}-{u['last_offset']}",
+                           u["count"], u.get("of_segment") or "-", u.get("why", "")]
+                          for u in report["unrecoverable"]], right=(1, 3)))
+    if report["damaged"]:
+        out += ["", "Damaged segments salvaged at recovery (kept for reference): " + ", ".join(
+            f"{d['file']} ({d['salvaged_bytes']} bytes kept, {d['damaged_bytes']} set aside)"
+            for d in report["damaged"])]
+    return out
 
 
 def render(report: dict[str, Any]) -> str:
@@ -281,6 +351,7 @@ def render(report: dict[str, Any]) -> str:
                          [[r["segment"], r["replayed_at"], r["records"],
                            ",".join(str(s) for s in r["new_segments"]) or "-",
                            len(r["unrecovered"]) or "-"] for r in report["replayed"]]))
+    out += _render_salvage(report)
     if report["torn"]:
         out += ["", "Torn tails cut off at recovery (kept for reference): " + ", ".join(
             f"{t['file']} ({t['bytes']} bytes)" for t in report["torn"])]
@@ -304,7 +375,9 @@ def render(report: dict[str, Any]) -> str:
     states = ", ".join(f"{n} {s}" for s, n in t["by_state"].items())
     out += ["", f"Total: {t['segments']} segments ({states}); {t['records']} records, "
                 f"{human_bytes(t['bytes'])} pending; oldest {human_age(t['oldest_age_s'])}; "
-                f"{t['stuck']} stuck, {t['damaged']} damaged"]
+                f"{t['stuck']} stuck, {t['damaged']} damaged; salvaged "
+                f"{human_bytes(t['salvaged_bytes'])}, {t['refetch_pending_records']} offsets "
+                f"to re-fetch, {t['unrecoverable_records']} unrecoverable"]
     return "\n".join(out)
 
 

@@ -61,7 +61,7 @@ from wal_bridge.refetch import fetch_runs, split_need
 from wal_bridge.wal.codec import BATCH_SCHEMA
 from wal_bridge.wal.layout import REPLAYED_SUFFIX, WalLayout
 from wal_bridge.wal.lock import lock_holder
-from wal_bridge.wal.salvage import missing_runs
+from wal_bridge.wal.salvage import RefetchJob, missing_runs
 from wal_bridge.wal.segment import (
     Ranges,
     SealInfo,
@@ -216,6 +216,18 @@ def rebuild(bridge: Any, settings: Settings, salvage: Salvage, *, accept_loss: b
     return outcome
 
 
+def refetch(bridge: Any, job: RefetchJob) -> Outcome:
+    """Read one re-fetch job's offsets from Kafka, as the running bridge's stage does."""
+    try:
+        bridge.refetcher.heal(job)
+    except KafkaUnavailable as exc:
+        return Outcome(job.of_segment, "refetch", False, f"Kafka did not answer: {exc}")
+    new = [job.seq] if any(s.seq == job.seq for s in bridge.wal.snapshot()) else []
+    return Outcome(job.of_segment, "refetch", True,
+                   f"{job.records} damaged offsets read again into segment {job.seq}",
+                   new_segments=new)
+
+
 def ship(bridge: Any, seq: int) -> Outcome:
     """Convert (if needed) and upload one pending segment through the bridge's own stages."""
     segment = next((s for s in bridge.wal.snapshot() if s.seq == seq), None)
@@ -350,6 +362,12 @@ def replay_wal(settings: Settings, ids: set[int], *, everything: bool, quarantin
         for seq in sorted(unknown):
             outcomes.append(Outcome(seq, "none", False, "no such segment in the WAL (shipped "
                                     "already, or never existed)"))
+        if everything:  # the running bridge does these by itself; a stopped one here
+            for job in bridge.wal.refetch_jobs():
+                progress.update(f"re-fetching segment {job.of_segment}'s damaged offsets",
+                                force=True)
+                outcomes.append(refetch(bridge, job))
+                pending.extend(outcomes[-1].new_segments)
         for seq in q_targets:
             progress.update(f"rebuilding quarantined segment {seq}", force=True)
             outcome = rebuild(bridge, settings, plan_quarantined(bridge.wal.layout, seq),
@@ -371,7 +389,8 @@ def replay_wal(settings: Settings, ids: set[int], *, everything: bool, quarantin
 @click.argument("segments", nargs=-1, metavar="[SEGMENT]...")
 @settings_options()
 @click.option("--all", "everything", is_flag=True,
-              help="Every pending segment (sealed, converted, stuck) and every quarantined one.")
+              help="Every pending segment (sealed, converted, stuck), every pending re-fetch of "
+                   "damaged offsets, and every quarantined segment.")
 @click.option("--quarantined", "quarantined_only", is_flag=True,
               help="Every quarantined segment.")
 @click.option("--dry-run", is_flag=True, help="Print what would be done; change nothing.")

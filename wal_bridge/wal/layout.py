@@ -14,7 +14,8 @@ Layout of ``WAL_DIR``::
     segments/N.damaged           a damaged sealed segment as it was, before recovery rewrote
                                  it with the frames that verify (kept for reference)
     segments/M.refetch.json      offsets the damaged frames of a segment held, to be read again
-                                 from Kafka into segment M (see wal_bridge.refetch)
+                                 from Kafka into segment M (see wal_bridge.refetch) ...
+    segments/M.refetched.json    ... and, once read, what came back and what was lost (kept)
     outbox/N.parquet             converted, waiting for upload
     outbox/N.dead.parquet        the segment's dead letters, shipped with it
     outbox/N.status.json         upload attempts and last error of a segment that failed
@@ -106,6 +107,9 @@ class WalLayout:
     def refetch(self, seq: int) -> Path:
         return self.segments / f"{seq:010d}.refetch.json"
 
+    def refetched(self, seq: int) -> Path:
+        return self.segments / f"{seq:010d}.refetched.json"
+
     def parquet(self, seq: int) -> Path:
         return self.outbox / f"{seq:010d}.parquet"
 
@@ -189,6 +193,12 @@ class WalLayout:
             if stem.isdigit() and info is not None:
                 out.append((int(stem), info))
         return out
+
+    def read_refetched(self) -> list[tuple[int, dict[str, Any]]]:
+        """The re-fetches done: ``(M, outcome)`` of every ``M.refetched.json`` (the job's
+        fields, plus ``records``, ``lost`` and ``completed_at_ms``)."""
+        return [(int(p.name.split(".")[0]), info) for p in _glob(self.segments, "*.refetched.json")
+                if p.name.split(".")[0].isdigit() and (info := read_json(p)) is not None]
 
     def converted(self) -> set[int]:
         """Segments whose Parquet file is in the outbox."""

@@ -434,9 +434,10 @@ class Wal:
         first_offset, last_offset, count, why) a quarantine entry of their own; then the job
         is removed. Returns the new segment, None when Kafka had no record of the job.
 
-        Order: the loss entry, the segment file (one atomic write), the job's removal, the
-        index. A crash before the removal leaves segment M beside its job, which recovery
-        takes as done: the records land once.
+        Order: the loss entry, the segment file (one atomic write), the outcome
+        (``M.refetched.json``, kept for ``inspect``), the job's removal, the index. A crash
+        before the removal leaves segment M beside its job, which recovery takes as done: the
+        records land once.
         """
         if lost:
             with self._append_lock:
@@ -464,6 +465,9 @@ class Wal:
             durable.write_atomic(path, body)
             segment = Segment(job.seq, SEALED, path, len(body), table.num_rows, now, ranges,
                               seal)
+        outcome = {**job.to_json(), "records": segment.records if segment else 0,
+                   "lost": lost, "completed_at_ms": self._now_ms()}
+        durable.write_atomic(self.layout.refetched(job.seq), json.dumps(outcome).encode())
         self.layout.refetch(job.seq).unlink(missing_ok=True)
         durable.fsync_dir(self.layout.segments)
         with self._lock:
