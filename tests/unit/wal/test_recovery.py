@@ -32,7 +32,8 @@ def leave(root: Path, *, sealed: bool) -> Path:
 
 def run(root: Path):  # type: ignore[no-untyped-def]
     layout = WalLayout(root)
-    return recover(layout, Outbox(layout, DISARMED, lambda: 0), Quarantine(layout, lambda: 0))
+    return recover(layout, Outbox(layout, DISARMED, lambda: 0), Quarantine(layout, lambda: 0),
+                   keys=KEYS, instance_id="bridge-a")
 
 
 def flip_frame(data: bytes, index: int) -> bytes:
@@ -51,8 +52,11 @@ TABLE: list[tuple[str, Callable[[bytes], bytes], bool, str]] = [
     ("bad segment magic", lambda d: b"NOTAWAL!" + d[8:], False, "quarantine"),
     ("header never written", lambda d: d[:10], False, "remove"),
     ("intact sealed", lambda d: d, True, "keep"),
-    ("flipped bit in the seal frame", lambda d: flip_frame(d, 3), True, "quarantine"),
-    ("torn tail of a sealed segment", lambda d: d[:-3], True, "quarantine"),
+    ("flipped bit in the seal frame", lambda d: flip_frame(d, 3), True, "salvage"),
+    ("torn tail of a sealed segment", lambda d: d[:-3], True, "salvage"),
+    ("zeros after a sealed segment", lambda d: d + bytes(4096), True, "salvage"),
+    ("flipped bit mid sealed segment", lambda d: flip_frame(d, 1), True, "salvage"),
+    ("bad magic of a sealed segment", lambda d: b"NOTAWAL!" + d[8:], True, "quarantine"),
 ]
 
 
@@ -60,8 +64,9 @@ TABLE: list[tuple[str, Callable[[bytes], bytes], bool, str]] = [
                          ids=[t[0] for t in TABLE])
 def test_each_kind_of_damage_has_one_outcome(tmp_path: Path, damage: Callable[[bytes], bytes],
                                              sealed: bool, outcome: str) -> None:
-    """Torn tails of an open segment are cut; damage with good frames after it, or any damage
-    in a sealed segment, is quarantined with a CorruptionError's reason and byte offset."""
+    """Torn tails of an open segment are cut; damage with good frames after it in an open
+    segment, or a segment header that does not decode, is quarantined with a CorruptionError's
+    reason and byte offset; a sealed segment's damage is salvaged (see test_salvage.py)."""
     path = leave(tmp_path, sealed=sealed)
     path.write_bytes(damage(path.read_bytes()))
     recovered = run(tmp_path)
@@ -70,9 +75,10 @@ def test_each_kind_of_damage_has_one_outcome(tmp_path: Path, damage: Callable[[b
     assert bool(report.truncated) is (outcome == "cut")
     assert [s.seq for s in recovered.unsealed] == ([1] if outcome in ("seal", "cut") else [])
     assert report.sealed == [s.seq for s in recovered.unsealed]  # recovery hands over, never seals
-    assert path.exists() is (outcome in ("seal", "cut", "keep"))
-    assert list(recovered.index) == ([1] if outcome in ("seal", "cut", "keep") else [])
-    assert recovered.next_seq == 2
+    assert path.exists() is (outcome in ("seal", "cut", "keep", "salvage"))
+    assert list(recovered.index) == ([1] if outcome in ("seal", "cut", "keep", "salvage") else [])
+    assert bool(report.salvaged) is (outcome == "salvage")
+    assert recovered.next_seq == (3 if recovered.refetch else 2)
     if outcome == "quarantine":
         info = json.loads((tmp_path / "quarantine" / "0000000001.reason.json").read_text())
         assert info["file"] == path.name
