@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 
 from wal_bridge.cli import main
 from wal_bridge.commands.produce import (
+    EVENT_AVRO_SCHEMA,
     EVENT_TYPES,
     MALFORMED_KINDS,
     EventStream,
@@ -139,3 +140,40 @@ def test_produce_events_needs_a_bound_or_a_rate() -> None:
     producer = Producer({"bootstrap.servers": "127.0.0.1:9"})
     with pytest.raises(ValueError, match="count, duration or rate"):
         produce_events(producer, "t", iter(EventStream(seed=1)), None, progress=False)
+
+
+def test_the_avro_schema_names_every_field_of_the_events() -> None:
+    """EVENT_AVRO_SCHEMA has the events' fields (and the device's) in their order, and fastavro
+    writes and reads an event with it, ts as the same instant."""
+    import io
+
+    import fastavro
+
+    schema = fastavro.parse_schema(EVENT_AVRO_SCHEMA)
+    for event in take(50, seed=3):
+        data = json.loads(event.value)
+        assert [f["name"] for f in EVENT_AVRO_SCHEMA["fields"]] == list(data)
+        device = next(f for f in EVENT_AVRO_SCHEMA["fields"] if f["name"] == "device")
+        assert [f["name"] for f in device["type"]["fields"]] == list(data["device"])
+        ts = datetime.fromisoformat(data["ts"])
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, schema, {**data, "ts": ts})
+        buffer.seek(0)
+        assert fastavro.schemaless_reader(buffer, schema) == {**data, "ts": ts}
+
+
+def test_an_event_stream_encodes_events_with_the_encoder_it_is_given() -> None:
+    """``encode`` makes the values of events; malformed records stay the same bytes."""
+    plain = take(100, seed=5, malformed_ratio=0.3)
+    tagged = take(100, seed=5, malformed_ratio=0.3,
+                  encode=lambda event: b"E" + json.dumps(event).encode())
+    for a, b in zip(plain, tagged, strict=True):
+        assert b.value == (b"E" + a.value if a.kind == "event" else a.value)
+
+
+def test_produce_avro_needs_a_schema_registry_url() -> None:
+    """--format avro without --schema-registry-url (SCHEMA_REGISTRY_URL) is a usage error."""
+    env = {"SCHEMA_REGISTRY_URL": ""}
+    result = CliRunner().invoke(main, ["produce", "--count", "1", "--format", "avro"], env=env)
+    assert result.exit_code == 2
+    assert "--schema-registry-url or SCHEMA_REGISTRY_URL" in " ".join(result.output.split())

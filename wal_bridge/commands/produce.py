@@ -7,6 +7,12 @@ object. They are keyed by ``user_id``, so one user's events stay in order in one
 JSON, JSON that is not an object, invalid UTF-8, empty, and larger than MAX_RECORD_BYTES.
 ``--seed`` (with ``--start-time``) makes the stream repeatable.
 
+``--format avro`` sends the same events Avro-encoded in the Confluent wire format (magic byte
+0, the 4-byte schema id, the Avro body): EVENT_AVRO_SCHEMA is registered with the schema
+registry (``--schema-registry-url`` / SCHEMA_REGISTRY_URL) under the topic's value subject
+(``{topic}-value``, the TopicNameStrategy), ``ts`` as a ``timestamp-millis`` and ``device`` as
+a nested record. Malformed records go out as they are, so none carries the magic byte.
+
 How long it runs: ``--count N`` records, ``--rate R --duration S`` seconds, or ``--rate R`` alone
 until SIGTERM or SIGINT (the compose stack's producer). A first SIGTERM/SIGINT, in any mode,
 stops sending, waits for the broker to acknowledge what was sent, prints the summary and exits
@@ -23,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,6 +54,39 @@ CURRENCIES = ("EUR", "USD", "GBP")
 OSES = (("ios", ("17.5", "18.1")), ("android", ("14", "15")), ("web", ("chrome", "firefox")))
 LOCALES = ("en-GB", "de-DE", "fr-FR", "en-US", "es-ES")
 MALFORMED_KINDS = ("not_json", "not_object", "invalid_utf8", "empty", "oversized")
+FORMATS = ("json", "avro")
+# The registry settings produce takes (SCHEMA_REGISTRY_URL, its basic auth and TLS).
+REGISTRY = ("schema_registry_url", "schema_registry_user_info", "schema_registry_ca_location",
+            "schema_registry_certificate_location", "schema_registry_key_location",
+            "schema_registry_key_password")
+
+# The Avro schema of EventStream._event's dicts, field for field (a unit test keeps the two
+# together): ts is the same instant as a timestamp-millis, device a nested record.
+EVENT_AVRO_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "Event",
+    "namespace": "wal_bridge.produce",
+    "doc": "A test event of `wal_bridge produce`: one action of a user in a product.",
+    "fields": [
+        {"name": "event_id", "type": "string"},
+        {"name": "user_id", "type": "string"},
+        {"name": "session_id", "type": "string"},
+        {"name": "event_type", "type": "string"},
+        {"name": "amount", "type": "double"},
+        {"name": "currency", "type": "string"},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "device", "type": {
+            "type": "record",
+            "name": "Device",
+            "fields": [
+                {"name": "os", "type": "string"},
+                {"name": "os_version", "type": "string"},
+                {"name": "app_version", "type": "string"},
+                {"name": "locale", "type": "string"},
+            ],
+        }},
+    ],
+}
 
 
 @dataclass(frozen=True)
@@ -57,12 +96,22 @@ class Event:
     kind: str  # "event", or one of MALFORMED_KINDS
 
 
+def encode_json(event: dict[str, Any]) -> bytes:
+    """An event as the JSON bytes ``produce`` sends by default."""
+    return json.dumps(event).encode()
+
+
 class EventStream:
-    """An endless, seedable stream of events, ``malformed_ratio`` of them malformed."""
+    """An endless, seedable stream of events, ``malformed_ratio`` of them malformed.
+
+    ``encode`` turns an event's dict into the record value (default: JSON); malformed records
+    are the same bytes whatever ``encode`` is.
+    """
 
     def __init__(self, seed: int | None = None, malformed_ratio: float = 0.0,
                  max_record_bytes: int = 1024 * 1024, start: datetime | None = None,
-                 users: int = 1000) -> None:
+                 users: int = 1000, *,
+                 encode: Callable[[dict[str, Any]], bytes] = encode_json) -> None:
         if not 0.0 <= malformed_ratio <= 1.0:
             raise ValueError("malformed_ratio must be between 0 and 1")
         self.rng = random.Random(seed)  # noqa: S311 - test data, not secrets
@@ -71,6 +120,7 @@ class EventStream:
         self.ts = start or datetime.now(UTC)
         self.users = [f"user-{i:05d}" for i in range(max(1, users))]
         self.sessions: dict[str, str] = {}
+        self.encode = encode
 
     def __iter__(self) -> Iterator[Event]:
         return self
@@ -82,7 +132,7 @@ class EventStream:
         if self.malformed_ratio and rng.random() < self.malformed_ratio:
             kind = rng.choice(MALFORMED_KINDS)
             return Event(user.encode(), self._malformed(kind, user), kind)
-        return Event(user.encode(), json.dumps(self._event(user)).encode(), "event")
+        return Event(user.encode(), self.encode(self._event(user)), "event")
 
     def _uuid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
@@ -125,6 +175,48 @@ class EventStream:
         return json.dumps({"user_id": user, "event_type": "click", "blob": padding}).encode()
 
 
+@dataclass(frozen=True)
+class AvroEncoding:
+    """How ``--format avro`` encodes: the registered schema's id and subject, and the encoder."""
+
+    subject: str
+    schema_id: int
+    encode: Callable[[dict[str, Any]], bytes]
+
+
+def avro_encoding(registry_conf: dict[str, str], topic: str) -> AvroEncoding:
+    """Register EVENT_AVRO_SCHEMA under ``{topic}-value`` and build the wire-format encoder.
+
+    ``registry_conf``: a ``SchemaRegistryClient`` configuration (``Settings.registry_config``).
+    The encoder takes an event dict as EventStream makes it (``ts`` as ISO 8601 text) and
+    returns magic byte 0, the schema id (4 bytes, big-endian) and the Avro body. Raises
+    WalBridgeError when the registry cannot be reached or refuses the schema.
+    """
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    schema_str = json.dumps(EVENT_AVRO_SCHEMA)
+    subject = f"{topic}-value"
+    client = SchemaRegistryClient(registry_conf)
+    try:
+        schema_id = client.register_schema(subject, Schema(schema_str, "AVRO"))
+    except Exception as exc:  # its own errors and its HTTP client's (connection refused, TLS)
+        raise WalBridgeError(
+            f"cannot register the events' Avro schema as {subject} at {registry_conf['url']}: "
+            f"{exc}; check SCHEMA_REGISTRY_URL (--schema-registry-url) and that the registry "
+            "is up") from exc
+    serializer = AvroSerializer(client, schema_str, conf={"auto.register.schemas": False})
+    context = SerializationContext(topic, MessageField.VALUE)
+
+    def encode(event: dict[str, Any]) -> bytes:
+        ts = datetime.fromisoformat(event["ts"])
+        payload: bytes = serializer({**event, "ts": ts}, context)
+        return payload
+
+    return AvroEncoding(subject, schema_id, encode)
+
+
 @dataclass
 class ProduceReport:
     """What a produce run sent and what the broker acknowledged."""
@@ -137,6 +229,9 @@ class ProduceReport:
     failed_kinds: Counter[str] = field(default_factory=Counter)
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> last acked + 1
     seconds: float = 0.0
+    value_format: str = "json"
+    subject: str | None = None  # with --format avro: the value subject and its schema id
+    schema_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -145,7 +240,9 @@ class ProduceReport:
             "failed_kinds": dict(self.failed_kinds),
             "malformed": sum(n for k, n in self.kinds.items() if k != "event"),
             "next_offsets": {str(p): o for p, o in sorted(self.next_offsets.items())},
-            "seconds": round(self.seconds, 3),
+            "seconds": round(self.seconds, 3), "format": self.value_format,
+            **({"subject": self.subject, "schema_id": self.schema_id}
+               if self.subject is not None else {}),
         }
 
 
@@ -245,6 +342,8 @@ def summary(report: ProduceReport) -> str:
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.kinds.items()) if k != "event")
     line = (f"produced {report.delivered} of {report.sent} records to {report.topic} in "
             f"{report.seconds:.1f}s ({malformed} malformed{': ' + kinds if kinds else ''})")
+    if report.subject is not None:
+        line += f"; Avro, schema id {report.schema_id} ({report.subject})"
     if report.failed:
         failures = ", ".join(f"{k} {n}" for k, n in sorted(report.failed.items()))
         line += f"; not delivered: {failures}"
@@ -282,7 +381,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 @click.command()
 @settings_options(specs("bootstrap_servers", "topics", *KAFKA_SECURITY, "max_record_bytes",
-                        *LOGGING))
+                        *REGISTRY, *LOGGING))
 @click.option("--count", "-n", type=click.IntRange(min=1), help="Send this many records.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True),
               help="Records per second: with --count, with --duration, or alone to send until "
@@ -298,11 +397,15 @@ def stop_on_signals() -> Iterator[threading.Event]:
                    "oversized).")
 @click.option("--users", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Distinct user_id values (the record keys).")
+@click.option("--format", "value_format", type=click.Choice(FORMATS), default="json",
+              show_default=True,
+              help="Record values: JSON, or Avro in the Confluent wire format (the schema "
+                   "registered as {topic}-value at --schema-registry-url).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def produce(*, count: int | None, rate: float | None, duration: float | None, seed: int | None,
-            start_time: datetime | None, malformed_ratio: float, users: int, as_json: bool,
-            quiet: bool, **values: Any) -> None:
+            start_time: datetime | None, malformed_ratio: float, users: int, value_format: str,
+            as_json: bool, quiet: bool, **values: Any) -> None:
     """Produce realistic test events (keyed by user_id) into the topic.
 
     Runs for --count records, for --duration seconds at --rate, or at --rate until SIGTERM or
@@ -321,18 +424,29 @@ def produce(*, count: int | None, rate: float | None, duration: float | None, se
         raise ConfigError("KAFKA_TOPIC (--topic): produce writes to exactly one topic")
     from confluent_kafka import KafkaException, Producer
 
+    topic = settings.topics[0]
+    avro = None
+    if value_format == "avro":
+        if settings.schema_registry_url is None:
+            raise click.UsageError("--format avro needs the schema registry: set "
+                                   "--schema-registry-url or SCHEMA_REGISTRY_URL")
+        avro = avro_encoding(settings.registry_config(), topic)
     start = start_time.replace(tzinfo=UTC) if start_time else None
-    events = EventStream(seed, malformed_ratio, settings.max_record_bytes, start, users)
+    events = EventStream(seed, malformed_ratio, settings.max_record_bytes, start, users,
+                         encode=avro.encode if avro else encode_json)
     try:
         producer = Producer(producer_config(settings.kafka_config(), settings.max_record_bytes))
     except KafkaException as exc:
         raise WalBridgeError(f"cannot create a Kafka producer: {exc}") from exc
     if count is None and duration is None:
-        click.echo(f"producing to {settings.topics[0]} at {rate:g} records/s until SIGTERM or "
+        click.echo(f"producing to {topic} at {rate:g} records/s until SIGTERM or "
                    "SIGINT", err=True)
     with stop_on_signals() as stop:
-        report = produce_events(producer, settings.topics[0], events, count, rate=rate,
+        report = produce_events(producer, topic, events, count, rate=rate,
                                 duration=duration, progress=not quiet, stop=stop)
+    report.value_format = value_format
+    if avro is not None:
+        report.subject, report.schema_id = avro.subject, avro.schema_id
     if as_json:
         echo_json(report.to_json())
     else:
