@@ -107,3 +107,27 @@ class KafkaUnavailable(BrokerError):
 class ConsumerError(BrokerError):
     """The Kafka client reported a fatal error (for example a fenced ``group.instance.id``):
     this consumer cannot go on; the bridge stops and keeps its WAL for the next start."""
+
+
+class RegistryError(WalBridgeError):
+    """The schema registry could not answer (unreachable, a 5xx, a timeout, refused
+    credentials). Records wait in the WAL: never a dead letter because the registry was away.
+
+    ``transient`` says whether trying again later can succeed by itself (a timeout, a 503) or
+    needs an operator (a 401 or 403: the credentials); conversion retries both, with a capped
+    doubling delay, and only the second makes the bridge unready.
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        self.transient = transient
+        super().__init__(message)
+
+
+class SchemaEvolutionError(WalBridgeError):
+    """A writer's schema changed a column's type (an incompatible change): its records wait in
+    the WAL, unconverted, until the operator decides (docs/operations.md, "Schema registry:
+    an incompatible change"). The message names the subject, the version and the field."""
+
+    def __init__(self, message: str, *, schema_id: int) -> None:
+        self.schema_id = schema_id
+        super().__init__(message)

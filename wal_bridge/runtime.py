@@ -42,7 +42,6 @@ from wal_bridge.sealer import Sealer
 from wal_bridge.sink import Sink, open_sink
 from wal_bridge.uploader import Uploader
 from wal_bridge.wal.log import Wal
-from wal_bridge.wal.recovery import RecoveryReport
 from wal_bridge.wal.segment import Segment
 
 log = get_logger("wal_bridge.runtime")
@@ -72,7 +71,8 @@ def readiness(status: BridgeStatus) -> Health:
     if status.disk_full:
         reasons.append("disk full: cannot convert sealed segments")
     if status.schema_blocked:
-        reasons.append(f"cannot store the table's schema: {status.schema_blocked}")
+        reasons.append(status.schema_blocked if status.schema_blocked.startswith("schema id")
+                       else f"cannot store the table's schema: {status.schema_blocked}")
     if status.stuck:
         reasons.append(f"{len(status.stuck)} segment(s) stuck in the outbox: "
                        f"{list(status.stuck[:10])} (see `wal_bridge inspect`)")
@@ -94,16 +94,6 @@ def oldest_age_s(segments: Iterable[Segment], now_s: float) -> float:
     """Seconds since the oldest segment that holds records was created; 0 when none does."""
     oldest = min((s.created_ms for s in segments if s.records), default=None)
     return max(0.0, now_s - oldest / 1000) if oldest is not None else 0.0
-
-
-def count_recovery(metrics: Metrics, report: RecoveryReport) -> None:
-    """Count recovery's decisions on damaged segments in the bridge's metrics."""
-    for decision in report.salvaged:
-        metrics.salvage_decisions.labels(decision["decision"]).inc()
-    for _ in report.quarantined:
-        metrics.salvage_decisions.labels("quarantine").inc()
-    metrics.salvaged_bytes.inc(report.salvaged_bytes)
-    metrics.damaged_bytes.inc(report.damaged_bytes)
 
 
 @dataclass
@@ -163,13 +153,18 @@ class Bridge:
             failpoints=Failpoints(settings.failpoint),
         )
         self.metrics = Metrics()  # a registry per bridge: tests run several in one process
+        decoding = None
+        if settings.value_format != "json":  # import the registry's libraries only then
+            from wal_bridge.conversion.decode import Decoding
+
+            decoding = Decoding.open(settings)
         converter = Converter.open(
             settings.max_record_bytes, settings.wal_dir, settings.schema_file,
-            SharedSchema(self.sink, destination.schema_key, settings.wal_dir))
+            SharedSchema(self.sink, destination.schema_key, settings.wal_dir), decoding)
         self.sealer = Sealer(self.wal, converter, self.metrics)
         self.uploader = Uploader(self.wal, self.sink, self.halt, metrics=self.metrics)
         self.refetcher = Refetcher(settings, self.wal, self.metrics)
-        count_recovery(self.metrics, self.wal.recovery)
+        self.metrics.count_salvage(self.wal.recovery)
         self.consumer: BridgeConsumer | None = None
         self.metrics.watch(self.status, readiness)
 

@@ -18,7 +18,13 @@ from pathlib import Path
 
 from wal_bridge import durable
 from wal_bridge.conversion import Converter, SchemaUndecided
-from wal_bridge.errors import CorruptionError, DiskFullError, SinkError
+from wal_bridge.errors import (
+    CorruptionError,
+    DiskFullError,
+    RegistryError,
+    SchemaEvolutionError,
+    SinkError,
+)
 from wal_bridge.logs import RateLimited, get_logger
 from wal_bridge.metrics import Metrics
 from wal_bridge.parquet import footer_metadata, write_parquet
@@ -88,7 +94,7 @@ class Sealer:
         try:
             batches = read_sealed(segment.path)
         except CorruptionError as exc:
-            self.wal.quarantine_sealed(exc)
+            self.metrics.count_salvage(self.wal.salvage_sealed(exc))
             return False
         try:
             converted = self.converter.convert(batches, segment.seal)
@@ -97,6 +103,14 @@ class Sealer:
             return False
         except SchemaUndecided:  # logged there; converted once a schema is in force
             self._undecided.add(segment.seq)
+            return False
+        except (RegistryError, SchemaEvolutionError) as exc:
+            # The schema registry did not answer (nothing is lost), or a writer's schema is
+            # incompatible with the table's (the operator decides): the segment waits.
+            transient = isinstance(exc, RegistryError) and exc.transient
+            self._wait(segment, str(exc), transient=transient,
+                       event="registry_retrying" if isinstance(exc, RegistryError)
+                       else "schema_incompatible")
             return False
         self._undecided.discard(segment.seq)
         self.schema_blocked, self._schema_wait = None, 0.0
@@ -132,9 +146,17 @@ class Sealer:
     def _wait_for_destination(self, segment: Segment, exc: SinkError) -> None:
         """The table's schema could not be stored: try again after a capped doubling delay
         (1 s to SCHEMA_RETRY_MAX s); a permanent error also makes the bridge unready."""
+        self._wait(segment, str(exc), transient=exc.transient, event="schema_store_retrying")
+
+    def _wait(self, segment: Segment, error: str, *, transient: bool, event: str) -> None:
+        """Conversion waits (its segments stay in the WAL, consuming goes on until
+        WAL_MAX_BYTES pauses it) and tries again after a capped doubling delay (1 s to
+        SCHEMA_RETRY_MAX s): the destination could not store the table's schema, the schema
+        registry did not answer, or a writer's schema is incompatible with the table's. What
+        needs an operator also makes the bridge unready."""
         self._schema_wait = min(max(self._schema_wait * 2, 1.0), SCHEMA_RETRY_MAX)
         self._schema_retry_at = time.monotonic() + self._schema_wait
-        self.schema_blocked = None if exc.transient else str(exc)
+        self.schema_blocked = None if transient else error
         # One line per attempt: the doubling delay already bounds them (one per 30 s at most).
-        log.warning("schema_store_retrying", segment=segment.seq, error=str(exc),
-                    transient=exc.transient, retry_in_s=self._schema_wait)
+        log.warning(event, segment=segment.seq, error=error, transient=transient,
+                    retry_in_s=self._schema_wait)

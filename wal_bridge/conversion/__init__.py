@@ -44,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,6 +53,7 @@ from wal_bridge.conversion import general, numbers
 from wal_bridge.conversion.duck import Duck, values_query
 from wal_bridge.conversion.flat import read_flat
 from wal_bridge.conversion.screen import Reason, Rejects, forgiven, screen, strict_look
+from wal_bridge.errors import SchemaEvolutionError
 from wal_bridge.logs import get_logger
 from wal_bridge.parquet import DEAD_LETTER_SCHEMA, TS_TYPE, WAL_COLUMNS, data_schema
 from wal_bridge.schema import (
@@ -71,6 +73,9 @@ from wal_bridge.schema import (
 )
 from wal_bridge.wal.codec import BATCH_SCHEMA
 from wal_bridge.wal.segment import SealInfo
+
+if TYPE_CHECKING:  # imported by the runtime only when VALUE_FORMAT names a registry format
+    from wal_bridge.conversion.decode import Decoding
 
 __all__ = ["Converted", "Converter", "Reason", "SchemaUndecided"]
 
@@ -106,28 +111,45 @@ class Converter:
     """
 
     def __init__(self, max_record_bytes: int = 1024 * 1024,
-                 schema: SchemaStore | PayloadSchema | None = None, *, threads: int = 1) -> None:
+                 schema: SchemaStore | PayloadSchema | None = None, *, threads: int = 1,
+                 decoding: Decoding | None = None) -> None:
         self.max_record_bytes = max_record_bytes
         self.store = schema if isinstance(schema, SchemaStore) else SchemaStore(schema)
         self._duck = Duck(threads)
         self._hint = general.KeyHint()
+        # VALUE_FORMAT's registry formats (wal_bridge.conversion.decode); None: JSON.
+        self.decoding = decoding
 
     @classmethod
     def open(cls, max_record_bytes: int, wal_dir: Path, schema_file: Path | None = None,
-             shared: SharedSchema | None = None) -> Converter:
+             shared: SharedSchema | None = None, decoding: Decoding | None = None) -> Converter:
         """The service's converter: SCHEMA_FILE when given, else the schema pinned in
         ``wal_dir`` (or pinned there from the first data); with ``shared``, the one its
         destination holds. Raises ConfigError for a bad one."""
-        return cls(max_record_bytes, SchemaStore.open(wal_dir, schema_file, shared))
+        return cls(max_record_bytes, SchemaStore.open(wal_dir, schema_file, shared),
+                   decoding=decoding)
 
     def convert(self, batches: Sequence[pa.RecordBatch], seal: SealInfo) -> Converted:
         """The two tables of the segment ``seal`` describes, from its record batches (in the
         WAL's BATCH_SCHEMA). May pin the schema (see :class:`SchemaStore`), and so raise what
-        pinning raises (SinkError, SchemaConflictError)."""
+        pinning raises (SinkError, SchemaConflictError); with a registry format, what
+        :meth:`Decoding.convert` raises (RegistryError, SchemaEvolutionError)."""
         table = pa.Table.from_batches(list(batches), schema=BATCH_SCHEMA).combine_chunks()
-        rejects = Rejects()
-        rows, text = screen(table.column("_value"), self.max_record_bytes, rejects)
+        if self.decoding is not None:
+            return self.decoding.convert(self, table, seal)
+        return self.convert_json(table, table.column("_value"), Rejects(), seal)
+
+    def convert_json(self, table: pa.Table, values: pa.ChunkedArray, rejects: Rejects,
+                     seal: SealInfo) -> Converted:
+        """The JSON path: ``values`` (the segment's ``_value``, or JSON text decoded from it)
+        as rows of the payload schema; the dead letters keep ``table``'s ``_value``."""
+        rows, text = screen(values, self.max_record_bytes, rejects)
         schema = self.store.agreed()
+        if schema is not None and not schema.flat:
+            raise SchemaEvolutionError(
+                f"the table's schema has columns only a registry's Avro or Protobuf schema "
+                f"fills ({schema.compact()}); these records are JSON: set VALUE_FORMAT to the "
+                "topic's format, or write JSON to another DESTINATION prefix", schema_id=-1)
         if schema is None and len(rows):
             rows, text, schema = self._first_schema(rows, text, rejects, seal)
         failures = 0
@@ -139,11 +161,30 @@ class Converter:
             rows, text = forgiven(rows, text, rejects)
             payload, rows, failures = general.convert(schema, rows, text, rejects,
                                                       duck=self._duck, hint=self._hint)
+        return self.assemble(table, payload, rows, rejects, seal, schema=schema,
+                             failures=failures)
+
+    def assemble(self, table: pa.Table, payload: dict[str, pa.Array], rows: pa.Array,
+                 rejects: Rejects, seal: SealInfo, *, schema: PayloadSchema | None,
+                 failures: int = 0) -> Converted:
+        """The two tables: ``payload`` (the payload columns and ``_extra`` of ``rows``, int64
+        row numbers of ``table``) with the rows' identity, and the dead letters of
+        ``rejects``."""
         data = pa.Table.from_arrays(
             [*payload.values(), *_identity(table, rows, seal.sealed_at_ms)],
             schema=data_schema(schema),
         )
         return Converted(data, _dead_letters(table, rejects, seal), failures)
+
+    def pin_first(self, schema: PayloadSchema, seal: SealInfo) -> PayloadSchema:
+        """Pin the first data's ``schema`` (from a registry's writer schema) unless one is in
+        force; return the one in force. Raises SchemaUndecided when it has no column."""
+        if not schema.fields:
+            log.warning("schema_undecided", segment=seal.segment,
+                        reason="the writer's schema has no field that can be a column")
+            raise SchemaUndecided(f"segment {seal.segment}: no column in its writer's schema")
+        return self.store.pin(schema)
+
 
 
     def _first_schema(self, rows: pa.Array, text: pa.StringArray, rejects: Rejects,
@@ -185,7 +226,7 @@ class Converter:
 
 
 def _empty(schema: PayloadSchema | None, n: int) -> dict[str, pa.Array]:
-    columns = {f.name: pa.nulls(n, f.type.arrow) for f in (schema.fields if schema else ())}
+    columns = {f.name: pa.nulls(n, f.arrow) for f in (schema.fields if schema else ())}
     columns[EXTRA_COLUMN] = pa.nulls(n, pa.string())
     return columns
 

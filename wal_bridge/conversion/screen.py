@@ -33,6 +33,11 @@ class Reason(enum.StrEnum):
     NOT_OBJECT = "not_object"
     DUPLICATE_KEY = "duplicate_key"
     TOO_DEEP = "too_deep"
+    # Schema registry formats (VALUE_FORMAT avro, protobuf, json_schema, auto):
+    NO_MAGIC_BYTE = "no_magic_byte"  # not the wire format: no magic byte 0 and schema id
+    UNKNOWN_SCHEMA_ID = "unknown_schema_id"  # the registry has no schema of that id
+    FORMAT_MISMATCH = "format_mismatch"  # the id's schema is of another type than VALUE_FORMAT
+    NOT_DECODABLE = "not_decodable"  # does not decode with (or validate against) its schema
 
 
 # Deepest nesting of arrays and objects a record may have (the object itself is level 1). DuckDB
