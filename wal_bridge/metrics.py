@@ -147,6 +147,17 @@ class Metrics:
             "Group commit latency: seconds to write one polled batch to the WAL and fsync it.",
             buckets=FSYNC_BUCKETS, registry=r)
 
+    def count_salvage(self, report: Any) -> None:
+        """Count the decisions on damaged segments in a recovery report (any object with
+        ``salvaged`` (dicts with a ``decision``), ``quarantined``, ``salvaged_bytes`` and
+        ``damaged_bytes``, as :class:`wal_bridge.wal.recovery.RecoveryReport` has)."""
+        for decision in report.salvaged:
+            self.salvage_decisions.labels(decision["decision"]).inc()
+        for _ in report.quarantined:
+            self.salvage_decisions.labels("quarantine").inc()
+        self.salvaged_bytes.inc(report.salvaged_bytes)
+        self.damaged_bytes.inc(report.damaged_bytes)
+
     def watch(self, status: Callable[[], BridgeStatus],
               readiness: Callable[[BridgeStatus], Health]) -> None:
         """Add the gauges rendered, at each scrape, from a fresh ``status()``; the

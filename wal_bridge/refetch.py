@@ -225,8 +225,9 @@ class Refetcher:
         self._wait = 0.0
         return True
 
-    def heal(self, job: RefetchJob) -> None:
-        """Read ``job``'s ranges from Kafka and hand the outcome to the WAL. Raises
+    def heal(self, job: RefetchJob) -> list[dict[str, Any]]:
+        """Read ``job``'s ranges from Kafka and hand the outcome to the WAL; return the ranges
+        Kafka no longer holds (topic, partition, first_offset, last_offset, count, why). Raises
         BrokerError when Kafka did not answer, or stopped answering before the ranges' ends
         (the job stays, for the next attempt)."""
         from wal_bridge.errors import KafkaUnavailable
@@ -256,3 +257,4 @@ class Refetcher:
             absent_in_kafka=absent, lost=sum(i["count"] for i in lost),
             duration_ms=round((self._monotonic() - started) * 1000, 1),
         )
+        return lost

@@ -42,7 +42,6 @@ from wal_bridge.sealer import Sealer
 from wal_bridge.sink import Sink, open_sink
 from wal_bridge.uploader import Uploader
 from wal_bridge.wal.log import Wal
-from wal_bridge.wal.recovery import RecoveryReport
 from wal_bridge.wal.segment import Segment
 
 log = get_logger("wal_bridge.runtime")
@@ -95,16 +94,6 @@ def oldest_age_s(segments: Iterable[Segment], now_s: float) -> float:
     """Seconds since the oldest segment that holds records was created; 0 when none does."""
     oldest = min((s.created_ms for s in segments if s.records), default=None)
     return max(0.0, now_s - oldest / 1000) if oldest is not None else 0.0
-
-
-def count_recovery(metrics: Metrics, report: RecoveryReport) -> None:
-    """Count recovery's decisions on damaged segments in the bridge's metrics."""
-    for decision in report.salvaged:
-        metrics.salvage_decisions.labels(decision["decision"]).inc()
-    for _ in report.quarantined:
-        metrics.salvage_decisions.labels("quarantine").inc()
-    metrics.salvaged_bytes.inc(report.salvaged_bytes)
-    metrics.damaged_bytes.inc(report.damaged_bytes)
 
 
 @dataclass
@@ -175,7 +164,7 @@ class Bridge:
         self.sealer = Sealer(self.wal, converter, self.metrics)
         self.uploader = Uploader(self.wal, self.sink, self.halt, metrics=self.metrics)
         self.refetcher = Refetcher(settings, self.wal, self.metrics)
-        count_recovery(self.metrics, self.wal.recovery)
+        self.metrics.count_salvage(self.wal.recovery)
         self.consumer: BridgeConsumer | None = None
         self.metrics.watch(self.status, readiness)
 

@@ -94,7 +94,7 @@ class Sealer:
         try:
             batches = read_sealed(segment.path)
         except CorruptionError as exc:
-            self.wal.quarantine_sealed(exc)
+            self.metrics.count_salvage(self.wal.salvage_sealed(exc))
             return False
         try:
             converted = self.converter.convert(batches, segment.seal)

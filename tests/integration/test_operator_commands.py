@@ -221,24 +221,38 @@ def damage_one_frame(wal: Path) -> tuple[int, dict[int, list[int]]]:
     raise AssertionError("no sealed segment has two records frames")
 
 
-def test_a_quarantined_segment_is_rebuilt_from_its_frames_and_kafka(
+def drop_converted_file(wal: Path, seq: int) -> None:
+    """Cut segment ``seq``'s Parquet file in half: without a complete converted file, recovery
+    salvages the segment file itself."""
+    parquet = wal / "outbox" / f"{seq:010d}.parquet"
+    parquet.write_bytes(parquet.read_bytes()[: parquet.stat().st_size // 2])
+
+
+def test_a_damaged_frame_is_read_again_from_kafka(
         gcs: GcsHandle, bucket: str, env: dict[str, str], bridge: BridgeProcess) -> None:
-    """Only the damaged frame's records come from Kafka; afterwards every offset landed once."""
+    """Recovery keeps the frames that verify; only the damaged frame's records come from Kafka
+    (`replay --all` runs the re-fetch a running bridge runs by itself); every offset lands
+    once and nothing is quarantined."""
     stuck_segments(bridge, gcs, bucket, env, [event(i) for i in range(900)])
     wal = Path(env["WAL_DIR"])
     seq, held = damage_one_frame(wal)
+    drop_converted_file(wal, seq)
 
     replay = cli("replay", "--all", env=env)
 
     output = replay.stdout + replay.stderr
     assert replay.returncode == 0, output
     from_kafka = sum(len(v) for v in held.values())
-    assert f"{from_kafka} from Kafka)" in output
-    report = json.loads((wal / "quarantine" / f"{seq:010d}.replayed.json").read_text())
-    assert report["from_kafka"] == from_kafka
-    assert report["unrecovered"] == []
-    assert (wal / "quarantine" / f"{seq:010d}.sealed.replayed").exists()
-    assert not (wal / "quarantine" / f"{seq:010d}.reason.json").exists()
+    assert f"{from_kafka} records of its damaged frames read again from Kafka" in output
+    assert (wal / "segments" / f"{seq:010d}.damaged").exists()
+    report = inspect_json(wal, env)
+    (done,) = report["refetched"]
+    assert done["of_segment"] == seq
+    assert done["records"] == from_kafka
+    assert sorted((r["partition"], r["first_offset"], r["last_offset"])
+                  for r in done["ranges"]) == sorted((p, min(o), max(o)) for p, o in held.items())
+    assert report["quarantined"] == []
+    assert report["unrecoverable"] == []
     audit = cli("audit", "--json", env=env)
     result = json.loads(audit.stdout)
     assert audit.returncode == 0, audit.stdout
@@ -249,42 +263,50 @@ def test_a_quarantined_segment_is_rebuilt_from_its_frames_and_kafka(
 def test_offsets_deleted_from_kafka_are_reported_and_the_audit_finds_the_hole(
         kafka: KafkaHandle, gcs: GcsHandle, topic: str, bucket: str, env: dict[str, str],
         bridge: BridgeProcess) -> None:
-    """Replay names exactly the offsets it cannot recover and leaves the segment quarantined;
-    with --accept-loss it rebuilds the rest; audit names the missing offsets as not verifiable
-    (Kafka no longer holds them, so it cannot say they were records) without failing."""
+    """A damaged frame whose offsets Kafka no longer holds: the re-fetch names exactly the
+    offsets it cannot recover, inspect shows them as unrecoverable and they stay quarantined;
+    every other record lands; --accept-loss releases them; audit names the missing offsets as
+    not verifiable (Kafka no longer holds them) without failing."""
     stuck_segments(bridge, gcs, bucket, env, [event(i) for i in range(900)])
     wal = Path(env["WAL_DIR"])
     seq, held = damage_one_frame(wal)
+    drop_converted_file(wal, seq)
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
     futures = admin.delete_records([TopicPartition(topic, p, max(o) + 1)
                                     for p, o in held.items()])
     for future in futures.values():
         future.result(30)
 
-    refused = cli("replay", "--quarantined", env=env)
+    refused = cli("replay", "--all", env=env)
 
     assert refused.returncode == 1, refused.stdout + refused.stderr
     for p, offsets in held.items():
         assert (f"not recovered: {topic}[{p}] {min(offsets)}-{max(offsets)} ({len(offsets)}): "
                 "deleted from Kafka") in refused.stdout
-    assert (wal / "quarantine" / f"{seq:010d}.reason.json").exists()
+    report = inspect_json(wal, env)
+    assert sorted((u["partition"], u["first_offset"], u["last_offset"], u["of_segment"])
+                  for u in report["unrecoverable"]) == sorted(
+        (p, min(o), max(o), seq) for p, o in held.items())
+    (lost,) = report["quarantined"]
+    assert report["segments"] == []
 
     accepted = cli("replay", "--all", "--accept-loss", env=env)
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
-    report = json.loads((wal / "quarantine" / f"{seq:010d}.replayed.json").read_text())
+    released = json.loads(
+        (wal / "quarantine" / f"{lost['segment']:010d}.replayed.json").read_text())
     assert sorted((u["partition"], u["first_offset"], u["last_offset"])
-                  for u in report["unrecovered"]) == sorted(
+                  for u in released["unrecovered"]) == sorted(
         (p, min(o), max(o)) for p, o in held.items())
 
     audit = cli("audit", "--json", env=env)
     assert audit.returncode == 0, audit.stdout
     result = json.loads(audit.stdout)
-    lost = sum(len(o) for o in held.values())
-    assert result["verification"]["unverifiable_offsets"] == lost
+    lost_count = sum(len(o) for o in held.values())
+    assert result["verification"]["unverifiable_offsets"] == lost_count
     assert sorted((row["partition"], u["first_offset"], u["last_offset"])
                   for row in result["partitions"] for u in row["unverifiable"]) == sorted(
         (p, min(o), max(o)) for p, o in held.items())
-    assert result["totals"]["records"] == 900 - lost
+    assert result["totals"]["records"] == 900 - lost_count
     assert result["totals"]["duplicates"] == 0
     table = cli("audit", env=env).stdout
     for p, offsets in held.items():

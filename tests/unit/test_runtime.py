@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from wal_bridge.config import Settings, parse_destination
-from wal_bridge.errors import ConfigError, CorruptionError, WalFatalError
+from wal_bridge.errors import ConfigError, WalFatalError
 from wal_bridge.metrics import BridgeStatus
 from wal_bridge.runtime import Bridge, StageLoop, readiness
 from wal_bridge.wal.codec import RecordColumns
@@ -99,17 +99,20 @@ def test_the_status_reports_the_wal_and_the_stages(bridge: Bridge) -> None:
 
 
 def test_converted_and_quarantined_segments_are_counted_apart(bridge: Bridge) -> None:
-    """A converted segment counts as converted, not sealed; a quarantined one leaves the
-    index and counts as quarantined."""
+    """A converted segment counts as converted, not sealed; one whose damage cannot be healed
+    (its segment header is gone) leaves the index, counts as quarantined and as a decision."""
     bridge.wal.append(records(0, 30).to_arrow())  # three sealed segments
     first, second, _ = bridge.wal.to_convert()
     assert bridge.sealer.convert(first)
-    bridge.wal.quarantine_sealed(CorruptionError(second.path, 0, "flipped bit (test)"))
+    second.path.write_bytes(b"NOTAWAL!" + second.path.read_bytes()[8:])
+    assert not bridge.sealer.convert(second)
 
     segments = bridge.status().segments
 
     assert dict(segments) == {"open": 0, "sealed": 1, "converted": 1, "quarantined": 1}
     assert bridge.metrics.value("wal_bridge_segments", {"state": "quarantined"}) == 1
+    assert bridge.metrics.value("wal_bridge_salvage_decisions_total",
+                                {"decision": "quarantine"}) == 1
 
 
 def loop(step: Callable[[], bool],

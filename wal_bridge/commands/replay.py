@@ -219,13 +219,16 @@ def rebuild(bridge: Any, settings: Settings, salvage: Salvage, *, accept_loss: b
 def refetch(bridge: Any, job: RefetchJob) -> Outcome:
     """Read one re-fetch job's offsets from Kafka, as the running bridge's stage does."""
     try:
-        bridge.refetcher.heal(job)
+        lost = bridge.refetcher.heal(job)
     except KafkaUnavailable as exc:
         return Outcome(job.of_segment, "refetch", False, f"Kafka did not answer: {exc}")
-    new = [job.seq] if any(s.seq == job.seq for s in bridge.wal.snapshot()) else []
-    return Outcome(job.of_segment, "refetch", True,
-                   f"{job.records} damaged offsets read again into segment {job.seq}",
-                   new_segments=new)
+    new = [s.seq for s in bridge.wal.snapshot() if s.seq == job.seq]
+    records = sum(s.records for s in bridge.wal.snapshot() if s.seq == job.seq)
+    detail = f"{records} records of its damaged frames read again from Kafka"
+    if lost:
+        detail += ("; the offsets below are gone from Kafka: kept in quarantine (release them "
+                   "with --quarantined --accept-loss)")
+    return Outcome(job.of_segment, "refetch", True, detail, new_segments=new, unrecovered=lost)
 
 
 def ship(bridge: Any, seq: int) -> Outcome:
@@ -354,20 +357,21 @@ def replay_wal(settings: Settings, ids: set[int], *, everything: bool, quarantin
         except SinkError as exc:
             if not exc.transient:
                 raise
-        q_seqs = bridge.wal.quarantined()
-        q_targets = [s for s in q_seqs if everything or quarantined_only or s in ids]
-        pending = [] if quarantined_only else [
-            s.seq for s in bridge.wal.snapshot() if everything or s.seq in ids]
-        unknown = ids - set(q_seqs) - {s.seq for s in bridge.wal.snapshot()}
-        for seq in sorted(unknown):
-            outcomes.append(Outcome(seq, "none", False, "no such segment in the WAL (shipped "
-                                    "already, or never existed)"))
+        refetched: list[int] = []
         if everything:  # the running bridge does these by itself; a stopped one here
             for job in bridge.wal.refetch_jobs():
                 progress.update(f"re-fetching segment {job.of_segment}'s damaged offsets",
                                 force=True)
                 outcomes.append(refetch(bridge, job))
-                pending.extend(outcomes[-1].new_segments)
+                refetched.extend(outcomes[-1].new_segments)
+        q_seqs = bridge.wal.quarantined()
+        q_targets = [s for s in q_seqs if everything or quarantined_only or s in ids]
+        pending = [] if quarantined_only else [
+            s.seq for s in bridge.wal.snapshot() if everything or s.seq in ids] + refetched
+        unknown = ids - set(q_seqs) - {s.seq for s in bridge.wal.snapshot()}
+        for seq in sorted(unknown):
+            outcomes.append(Outcome(seq, "none", False, "no such segment in the WAL (shipped "
+                                    "already, or never existed)"))
         for seq in q_targets:
             progress.update(f"rebuilding quarantined segment {seq}", force=True)
             outcome = rebuild(bridge, settings, plan_quarantined(bridge.wal.layout, seq),

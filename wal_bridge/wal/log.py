@@ -54,7 +54,7 @@ from wal_bridge.wal.layout import WalLayout
 from wal_bridge.wal.lock import WalLock, ensure_identity
 from wal_bridge.wal.outbox import Outbox
 from wal_bridge.wal.quarantine import Quarantine, QuarantineStatus
-from wal_bridge.wal.recovery import RecoveryReport, recover
+from wal_bridge.wal.recovery import RecoveryReport, recover, salvage_segment
 from wal_bridge.wal.salvage import RefetchJob, encode_sealed, runs_from_json, runs_to_ranges
 from wal_bridge.wal.segment import (
     OPEN,
@@ -389,18 +389,28 @@ class Wal:
 
     # ----------------------------------------------------------------------------- quarantine
 
-    def quarantine_sealed(self, error: CorruptionError) -> None:
-        """Move a sealed segment found damaged at conversion out of the pipeline: ``error``
-        names its file and the byte offset of the damage."""
+    def salvage_sealed(self, error: CorruptionError) -> RecoveryReport:
+        """A sealed segment found damaged at conversion (``error`` names its file and the byte
+        offset): decided on as recovery decides (:func:`~wal_bridge.wal.recovery.
+        salvage_segment`): its verified frames are kept, the offsets of the others re-fetched,
+        and only what cannot be healed is quarantined. Returns what was decided."""
         parsed = parse_segment_name(error.segment.name)
         if parsed is None:
             raise ValueError(f"{error.segment} is not a segment file")
         seq = parsed[0]
-        at_conversion = CorruptionError(error.segment, error.offset,
-                                        f"at conversion: {error.reason}")
-        with self._lock:
-            segment = self._index.pop(seq)
-            self.quarantine.set_aside(seq, at_conversion, segment.ranges)
+        log.error("segment_damaged_at_conversion", segment=seq, offset=error.offset,
+                  reason=error.reason)
+        with self._append_lock, self._lock:
+            others = {s: seg for s, seg in self._index.items() if s != seq}
+            done = salvage_segment(self.layout, self.quarantine, seq, keys=self.keys,
+                                   instance_id=self.instance_id, now_ms=self._now_ms,
+                                   jobs=self._refetch, next_seq=self._next_seq, index=others)
+            self._next_seq = done.next_seq
+            if done.segment is None:
+                self._index.pop(seq, None)
+            else:
+                self._index[seq] = done.segment
+        return done.report
 
     def release_quarantined(self, seq: int, report: dict[str, Any]) -> None:
         """Segment ``seq``, quarantined, was rebuilt into new segments that are durable: set

@@ -208,6 +208,31 @@ def recover(layout: WalLayout, outbox: Outbox, quarantine: Quarantine, *,
     return Recovered(index, unsealed, ctx.next_seq, report, jobs)
 
 
+@dataclass
+class Salvaged:
+    """What :func:`salvage_segment` made of one sealed segment found damaged while running."""
+
+    segment: Segment | None  # the rewritten segment, None when it left the index
+    next_seq: int
+    report: RecoveryReport
+
+
+def salvage_segment(layout: WalLayout, quarantine: Quarantine, seq: int, *, keys: KeyPolicy,
+                    instance_id: str, now_ms: Callable[[], int], jobs: dict[int, RefetchJob],
+                    next_seq: int, index: dict[int, Segment]) -> Salvaged:
+    """Decide on sealed segment ``seq``, found damaged after recovery (at conversion), as
+    recovery would: the same table, the same files. ``jobs`` gets its re-fetch job, if any;
+    ``index`` is the rest of the WAL (for the neighbours' bounds). The caller holds the WAL's
+    locks."""
+    report = RecoveryReport()
+    ctx = _Context(layout, quarantine, report, keys, instance_id, now_ms, jobs, next_seq)
+    data = layout.segment(seq, SEALED).read_bytes()
+    result = _recover_sealed(ctx, seq, data, converted=False)
+    if isinstance(result, Inventory):
+        result = _reseal(ctx, seq, data, result, index)
+    return Salvaged(result, ctx.next_seq, report)
+
+
 def _load_jobs(layout: WalLayout, segments: set[int]) -> dict[int, RefetchJob]:
     """The pending re-fetches; one whose segment M exists already was done (a crash came
     between writing M and removing the job): its job file is removed."""
