@@ -12,6 +12,7 @@ This is the only module that calls ``os.replace``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -25,6 +26,24 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs(path: Path) -> None:
+    """Create the directory ``path`` and its missing parents durably: after each directory is
+    made, its parent is fsynced, so that a power cut cannot take away a directory (and every
+    file in it) that was reported made. Existing directories are left as they are. Raises
+    FileExistsError when ``path`` exists and is not a directory, OSError as mkdir does."""
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another thread
+            directory.mkdir()
+        fsync_dir(directory.parent)
+    if not path.is_dir():
+        raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(path))
 
 
 def fsync_file(path: Path) -> None:

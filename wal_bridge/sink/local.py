@@ -41,7 +41,7 @@ class LocalSink:
     def check(self) -> None:
         """Create the root if needed; a permanent SinkError when it cannot be made or written."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            durable.make_dirs(self.root)
         except OSError as exc:
             raise SinkError(f"cannot create destination {self.root}: {exc}", transient=False) \
                 from exc
@@ -54,7 +54,7 @@ class LocalSink:
         may pass)."""
         final = self.root / key
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            durable.make_dirs(final.parent)  # a new date folder survives a power cut
             tmp = durable.temp_path(final)
             shutil.copyfile(path, tmp)
             durable.fsync_file(tmp)

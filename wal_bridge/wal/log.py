@@ -147,7 +147,7 @@ class Wal:
         segment a crash left open is sealed before this returns. ``keys`` names the objects
         of each segment sealed (the destination); the batch defaults are the settings'."""
         for directory in WalLayout(root).directories:
-            directory.mkdir(parents=True, exist_ok=True)
+            durable.make_dirs(directory)
         lock = WalLock.acquire(root)
         try:
             identity = ensure_identity(root, instance_id)
