@@ -6,24 +6,29 @@ child process: the image's ENTRYPOINT and the service's ``command`` (tests/nativ
 line the way a container runtime does), the image's ENV overlaid by the service's
 ``environment`` exactly as compose resolved it, with these substitutions only:
 
-- redpanda, redpanda-init and fake-gcs are not run: the session's Kafka and fake-gcs-server
-  stand in for them. The test creates the topic that redpanda-init's command names, with its
-  partition count, and the bucket that fake-gcs's command creates (or, for gcp, the bucket of
+- redpanda, redpanda-init (and redpanda-init-avro) and fake-gcs are not run: the session's
+  Kafka and fake-gcs-server stand in for them, and for Redpanda's schema registry the session's
+  (Apicurio, through its Confluent-compatible API; started only for the avro profile). The test
+  creates the topics that the redpanda-init services' commands name, with their partition
+  counts, and the bucket that fake-gcs's command creates (or, for gcp, the bucket of
   GCP_DESTINATION, which Terraform would have created);
-- addresses of those services (``redpanda:9092``, ``http://fake-gcs:4443`` and their host-side
-  twins) become the test broker's and emulator's;
+- addresses of those services (``redpanda:9092``, ``http://redpanda:8081``,
+  ``http://fake-gcs:4443`` and their host-side twins) become the test broker's, registry's and
+  emulator's;
 - named volumes, the image's anonymous VOLUME and the working directory become temporary
   directories, the secret file its host file, METRICS_PORT a free port;
 - the ``gcp`` profile's ``bridge-gcp`` needs real Google credentials: it runs against the
   emulator instead, by setting its blank STORAGE_EMULATOR_HOST to the emulator's URL;
 - the .env names a fresh topic, bucket and consumer group per test (KAFKA_TOPIC,
-  LOCAL_BUCKET, KAFKA_GROUP_ID, GCP_DESTINATION, GCP_KAFKA_GROUP_ID), as a user may edit it.
+  LOCAL_BUCKET, KAFKA_GROUP_ID, GCP_DESTINATION, GCP_KAFKA_GROUP_ID, AVRO_TOPIC,
+  AVRO_KAFKA_GROUP_ID), as a user may edit it.
   No timing setting is changed: BATCH_TIMEOUT is the 10 s of .env.example, the producer's
   rate the 200/s of compose.yaml.
 
 Then: nothing exits early; Parquet files land; SIGTERM makes every process exit 0; and every
-record in the topic is in the bucket exactly once, by (_kafka_topic, _kafka_partition,
-_kafka_offset), over all bridges of the profile (scale: three in one consumer group).
+record in the topics is in the bucket exactly once, by (_kafka_topic, _kafka_partition,
+_kafka_offset), over all bridges of the profile (scale: three in one consumer group). For the
+avro profile the Avro records land as data rows with the events' columns, not dead letters.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from urllib.parse import urlparse
 import pytest
 
 from tests.compose_project import build_checker, load_project, make_project_dir
-from tests.conftest import GcsHandle, KafkaHandle
+from tests.conftest import GcsHandle, KafkaHandle, SchemaRegistryHandle
 from tests.native import (
     Image,
     NativeProcess,
@@ -58,9 +63,10 @@ from tests.native import (
     wait_while_running,
 )
 
-PROFILES = ("none", "local", "gcp", "local,scale")
+PROFILES = ("none", "local", "gcp", "local,scale", "local,avro")
 # Services of other images, and who stands in for them.
-STAND_INS = {"redpanda": "kafka", "redpanda-init": "kafka", "fake-gcs": "gcs"}
+STAND_INS = {"redpanda": "kafka", "redpanda-init": "kafka", "redpanda-init-avro": "kafka",
+             "fake-gcs": "gcs"}
 PROJECT_DOCKERFILE = "docker/Dockerfile"
 # Records the producer sends before it is stopped: 10 s at compose's 200/s.
 RECORDS = 2000
@@ -88,6 +94,7 @@ class Stack:
     kafka: KafkaHandle
     gcs: GcsHandle
     root: Path
+    registry: SchemaRegistryHandle | None = None
     addresses: dict[str, str] = field(default_factory=dict)
     deviations: dict[str, list[str]] = field(default_factory=dict)
     processes: dict[str, NativeProcess] = field(default_factory=dict)
@@ -109,6 +116,13 @@ class Stack:
                          if a.startswith("--advertise-kafka-addr=")]
         for listener in advertised.split(","):
             self.addresses[listener.split("://", 1)[1]] = self.kafka.bootstrap
+        if self.registry is not None:  # Redpanda's schema registry, in-network and host-side
+            (listeners,) = [a.split("=", 1)[1] for a in redpanda["command"]
+                            if a.startswith("--schema-registry-addr=")]
+            for listener in listeners.split(","):
+                port = listener.rpartition(":")[2]
+                host = "redpanda" if listener.startswith("internal://") else "127.0.0.1"
+                self.addresses[f"http://{host}:{port}"] = self.registry.url
         fake_gcs = self.services.get("fake-gcs")
         if fake_gcs is None:
             return
@@ -127,13 +141,25 @@ class Stack:
             value = value.replace(old, self.addresses[old])
         return value
 
-    def topic(self) -> tuple[str, int]:
-        """The topic and partition count that redpanda-init's command creates."""
-        words = shlex.split(" ".join(self.services["redpanda-init"]["command"]))
-        create = next(i for i, w in enumerate(words[:-2])
-                      if words[i:i + 2] == ["topic", "create"])
-        partitions = int(words[words.index("--partitions", create) + 1])
-        return words[create + 2], partitions
+    def topics(self) -> dict[str, int]:
+        """The topics, and their partition counts, that the redpanda-init services create."""
+        found = {}
+        for name in sorted(n for n in self.services if n.startswith("redpanda-init")):
+            words = shlex.split(" ".join(self.services[name]["command"]))
+            create = next(i for i, w in enumerate(words[:-2])
+                          if words[i:i + 2] == ["topic", "create"])
+            found[words[create + 2]] = int(words[words.index("--partitions", create) + 1])
+        return found
+
+    def create_topics_and_buckets(self) -> tuple[dict[str, int], set[str]]:
+        """Create what redpanda-init and fake-gcs (or Terraform) would; return them."""
+        topics = self.topics()
+        for topic, partitions in topics.items():
+            self.kafka.create_topic(topic, partitions)
+        buckets = self.buckets()
+        for bucket in buckets:
+            self.gcs.create_bucket(bucket)
+        return topics, buckets
 
     def buckets(self) -> set[str]:
         """Buckets fake-gcs creates at start, and those the bridges' DESTINATION names."""
@@ -204,6 +230,40 @@ def _grace(service: dict[str, Any]) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
+def _stop_producers(stack: Stack, producers: list[NativeProcess],
+                    watches: dict[str, TopicWatch], processes: list[NativeProcess]) -> int:
+    """SIGTERM each producer; each exits 0 within compose's grace, having delivered all it sent
+    (what its topic holds). Returns the records delivered over all of them."""
+    delivered = 0
+    for producer in producers:
+        assert producer.terminate(_grace(stack.services[producer.name])) == 0, describe(processes)
+        done, sent = _produced(producer.log())
+        assert done == sent == watches[producer.env["KAFKA_TOPIC"]].size()
+        delivered += done
+    return delivered
+
+
+def _data_rows(client: Any, buckets: set[str], topic: str) -> int:
+    """Rows of ``topic`` in data files (not dead letters) that carry the events' event_id."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for bucket in buckets:
+        for name in landed_objects(client, bucket):
+            if "dead-letter" in name:
+                continue
+            data = client.bucket(bucket).blob(name).download_as_bytes()
+            table = pq.read_table(io.BytesIO(data))
+            if "event_id" not in table.column_names:
+                continue
+            topics = table.column("_kafka_topic").to_pylist()
+            ids = table.column("event_id").to_pylist()
+            rows += sum(1 for t, i in zip(topics, ids, strict=True) if t == topic and i)
+    return rows
+
+
 def _produced(log: str) -> tuple[int, int]:
     """(delivered, sent) from the producer's summary line."""
     match = re.search(r"produced (\d+) of (\d+) records", log)
@@ -214,9 +274,10 @@ def _produced(log: str) -> tuple[int, int]:
 @pytest.mark.parametrize("profiles", PROFILES)
 def test_profile_runs_and_lands_every_record_once(
     profiles: str, checker: Path, image: Image, kafka: KafkaHandle, gcs: GcsHandle,
-    tmp_path: Path,
+    tmp_path: Path, request: pytest.FixtureRequest,
 ) -> None:
-    """Each profile's producer and bridges run until SIGTERM, exit 0, and land the topic once."""
+    """Each profile's producers and bridges run until SIGTERM, exit 0, and land the topics
+    once."""
     suffix = uuid.uuid4().hex[:10]
     names = {
         "KAFKA_TOPIC": f"compose-{suffix}",
@@ -224,30 +285,33 @@ def test_profile_runs_and_lands_every_record_once(
         "KAFKA_GROUP_ID": f"compose-{suffix}",
         "GCP_DESTINATION": f"gs://compose-gcp-{suffix}/raw",
         "GCP_KAFKA_GROUP_ID": f"compose-gcp-{suffix}",
+        "AVRO_TOPIC": f"compose-avro-{suffix}",
+        "AVRO_KAFKA_GROUP_ID": f"compose-avro-{suffix}",
     }
     project = load_project(checker, make_project_dir(tmp_path / "project", names), profiles)
-    stack = Stack(project, kafka, gcs, tmp_path)
+    avro = "avro" in profiles.split(",")
+    # The registry is started only for the profile that uses it.
+    registry = request.getfixturevalue("schema_registry") if avro else None
+    stack = Stack(project, kafka, gcs, tmp_path, registry)
     ours = stack.ours()
     assert set(stack.services) - set(ours) <= STAND_INS.keys(), "a service nobody runs"
     assert "producer" in ours
+    assert ("producer-avro" in ours) == avro
 
     stack.map_addresses()
-    topic, partitions = stack.topic()
-    assert topic == names["KAFKA_TOPIC"]
-    kafka.create_topic(topic, partitions)
+    topics, buckets = stack.create_topics_and_buckets()
+    assert set(topics) == {names["KAFKA_TOPIC"]} | ({names["AVRO_TOPIC"]} if avro else set())
     client = gcs.client()
-    buckets = stack.buckets()
-    for bucket in buckets:
-        gcs.create_bucket(bucket)
     processes = [stack.native(name, image) for name in ours]
-    bridges = [p for p in processes if p.name != "producer"]
-    (producer,) = [p for p in processes if p.name == "producer"]
+    producers = [p for p in processes if p.name.startswith("producer")]
+    bridges = [p for p in processes if p not in producers]
     # Only the cloud bridge is pointed somewhere compose does not point it.
     assert {n for n, notes in stack.deviations.items() if notes} == {"bridge-gcp"} & set(ours)
-    groups = {p.env["KAFKA_GROUP_ID"] for p in bridges}
-    assert len(groups) <= 1, f"the bridges of one profile split over groups {groups}"
+    for topic in topics:  # one consumer group per topic: bridges of a topic never split
+        groups = {p.env["KAFKA_GROUP_ID"] for p in bridges if p.env["KAFKA_TOPIC"] == topic}
+        assert len(groups) <= 1, f"the bridges of {topic} split over groups {groups}"
 
-    watch = TopicWatch(kafka.bootstrap, topic)
+    watches = {topic: TopicWatch(kafka.bootstrap, topic) for topic in topics}
     try:
         for process in processes:
             process.start()
@@ -256,16 +320,14 @@ def test_profile_runs_and_lands_every_record_once(
         def running() -> bool:
             seen_ready.update(p.name for p in bridges if p.name not in seen_ready and p.ready())
             landed = not bridges or any(landed_objects(client, b) for b in buckets)
-            return (watch.size() >= RECORDS and landed
+            return (all(w.size() >= RECORDS for w in watches.values()) and landed
                     and len(seen_ready) == len(bridges))
 
-        wait_while_running(f"{RECORDS} records, ready bridges and a first Parquet file",
-                           running, processes, timeout=150)
+        wait_while_running(f"{RECORDS} records per topic, ready bridges and a first Parquet "
+                           "file", running, processes, timeout=150)
 
         # Each process must exit 0 within the grace compose gives it before SIGKILL.
-        assert producer.terminate(_grace(stack.services["producer"])) == 0, describe(processes)
-        delivered, sent = _produced(producer.log())
-        assert delivered == sent == watch.size()
+        delivered = _stop_producers(stack, producers, watches, processes)
         if not bridges:
             return
 
@@ -281,7 +343,9 @@ def test_profile_runs_and_lands_every_record_once(
             assert bridge.proc is not None
             assert bridge.proc.wait(_grace(stack.services[bridge.name])) == 0, describe(processes)
 
-        produced = topic_identities(kafka.bootstrap, topic)
+        produced: Counter[tuple[str, int, int]] = Counter()
+        for topic in topics:
+            produced += topic_identities(kafka.bootstrap, topic)
         landed: Counter[tuple[str, int, int]] = Counter()
         for bucket in buckets:
             landed += landed_identities(client, bucket)
@@ -296,7 +360,11 @@ def test_profile_runs_and_lands_every_record_once(
         for bridge in bridges:  # each instance shipped its share, under its own name
             assert any(f"-{bridge.env['INSTANCE_ID']}-" in o for o in objects), (bridge.name,
                                                                                objects)
+        if avro:  # decoded through the registry: data rows with the events' fields
+            rows = _data_rows(client, buckets, names["AVRO_TOPIC"])
+            assert rows == watches[names["AVRO_TOPIC"]].size(), describe(processes)
     finally:
         for process in processes:
             process.kill()
-        watch.close()
+        for watch in watches.values():
+            watch.close()

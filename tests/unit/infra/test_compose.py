@@ -29,6 +29,7 @@ from tests.compose_project import (
 WAL_DIR = "/var/lib/wal-bridge"
 ALWAYS = {"redpanda", "redpanda-init", "producer"}
 BRIDGES_LOCAL = {"bridge", "bridge-2", "bridge-3"}
+AVRO = {"redpanda-init-avro", "producer-avro", "bridge-avro"}
 
 Loader = Callable[[str], dict[str, Any]]
 
@@ -65,6 +66,8 @@ def load(checker: Path, project_dir: Path) -> Loader:
         ("local", ALWAYS | {"fake-gcs", "bridge"}),
         ("gcp", ALWAYS | {"bridge-gcp"}),
         ("local,scale", ALWAYS | {"fake-gcs"} | BRIDGES_LOCAL),
+        ("avro", ALWAYS | {"fake-gcs"} | AVRO),
+        ("local,avro", ALWAYS | {"fake-gcs", "bridge"} | AVRO),
     ],
 )
 def test_each_profile_yields_its_services(load: Loader, profiles: str, expected: set[str]) -> None:
@@ -208,6 +211,43 @@ def test_redpanda_is_pinned_health_checked_and_reachable_from_the_host(load: Loa
     assert ("127.0.0.1", "19092", 19092) in published
     advertised = next(a for a in redpanda["command"] if a.startswith("--advertise-kafka-addr"))
     assert "external://127.0.0.1:19092" in advertised
+
+
+def test_redpanda_serves_its_schema_registry_to_containers_and_the_host(load: Loader) -> None:
+    """Redpanda's schema registry listens for containers (redpanda:8081) and the host
+    (127.0.0.1:18081, published on loopback only)."""
+    redpanda = load("none")["services"]["redpanda"]
+    (listeners,) = [a.split("=", 1)[1] for a in redpanda["command"]
+                    if a.startswith("--schema-registry-addr=")]
+    assert set(listeners.split(",")) == {"internal://0.0.0.0:8081", "external://0.0.0.0:18081"}
+    published = {(p["host_ip"], p["published"], p["target"]) for p in redpanda["ports"]}
+    assert ("127.0.0.1", "18081", 18081) in published
+
+
+def test_avro_profile_produces_and_reads_avro_through_the_registry(load: Loader) -> None:
+    """producer-avro writes Avro to AVRO_TOPIC through Redpanda's registry; bridge-avro reads it
+    with VALUE_FORMAT=avro into its own prefix, group and WAL volume."""
+    services = load("local,avro")["services"]
+    producer = services["producer-avro"]
+    command = producer["command"]
+    assert command[0] == "produce"
+    assert command[command.index("--format") + 1] == "avro"
+    assert command[command.index("--schema-registry-url") + 1] == "http://redpanda:8081"
+    assert producer["environment"]["KAFKA_TOPIC"] == "events-avro"
+    init = " ".join(services["redpanda-init-avro"]["command"])
+    assert 'rpk topic create "events-avro"' in init
+    assert producer["depends_on"]["redpanda-init-avro"]["condition"] == (
+        "service_completed_successfully")
+    bridge = services["bridge-avro"]["environment"]
+    json_bridge = services["bridge"]["environment"]
+    assert bridge["VALUE_FORMAT"] == "avro"
+    assert bridge["SCHEMA_REGISTRY_URL"] == "http://redpanda:8081"
+    assert bridge["KAFKA_TOPIC"] == "events-avro"
+    assert bridge["DESTINATION"] == "gs://wal-bridge-local/avro/raw"
+    assert bridge["KAFKA_GROUP_ID"] != json_bridge.get("KAFKA_GROUP_ID", "wal-bridge")
+    assert json_bridge.get("VALUE_FORMAT", "json") == "json"  # the JSON path stays JSON
+    volumes = {v["source"] for v in services["bridge-avro"]["volumes"]}
+    assert volumes == {"wal-bridge-avro"}
 
 
 def test_topic_is_created_with_six_partitions(load: Loader) -> None:
