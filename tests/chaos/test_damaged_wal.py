@@ -2,35 +2,36 @@
 
 Damage at the end of the open segment is what a crash leaves (a torn write, garbage after it):
 recovery cuts it and the bridge reads those records again from Kafka, since they were never
-committed. Damage inside a sealed segment is corruption: recovery quarantines the segment and
-reports it, the rest goes on, and ``wal_bridge replay --quarantined`` rebuilds it from its good
-frames and from Kafka.
+committed. Damage to sealed segments (bytes after the seal frame, a flipped byte in a records
+frame or in the seal frame, a Parquet file cut short) is salvaged: every frame that verifies
+ships from the WAL, a complete Parquet file ships whatever happened to its segment, and the
+running bridge reads the damaged frames' offsets again from Kafka, though they were committed.
+Nothing is quarantined and every record lands once.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import random
 import struct
-import subprocess
-import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
 from scripts.services.toxiproxy import ToxiproxyClient
-from tests.chaos.oracle import read_topic
 from tests.chaos.scenario import Scenario, held_records, wal_files
 from tests.support import committed_offsets, wait_for
 from wal_bridge.wal.codec import (
     FRAME_HEADER_SIZE,
     FRAME_MAGIC,
     SEGMENT_HEADER_SIZE,
-    SEGMENT_MAGIC,
+    FrameKind,
+    decode_records,
 )
-from wal_bridge.wal.segment import iter_frames, scan
+from wal_bridge.wal.segment import iter_frames
 
 SEED = int(os.environ.get("WAL_BRIDGE_CHAOS_SEED") or random.randrange(1 << 32))
 # One segment that stays open for the whole first run: it is what the damage lands in.
@@ -129,14 +130,65 @@ def test_a_torn_tail_of_committed_records_is_read_again(scenario: Scenario) -> N
     scenario.finish(damage=f"committed frame cut at byte {cut}", seed=SEED)
 
 
-def test_damaged_sealed_segments_are_quarantined_and_replayed(
+def records_frames(data: bytes) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """(offset, end, (partition, offset) records) of each records frame of a whole segment."""
+    return [(f.offset, f.end, list(zip(b.column("_partition").to_pylist(),
+                                       b.column("_offset").to_pylist(), strict=True)))
+            for f in iter_frames(memoryview(data)) if f.kind is FrameKind.RECORDS
+            for b in [decode_records(f)]]
+
+
+# What each sealed segment gets: (damage, which records frame, Parquet file cut in half?,
+# the decision recovery logs for it). A flipped byte with the Parquet file intact ships that
+# file; the others are salvaged from the segment file, their damaged frames re-fetched.
+SEALED_DAMAGES = [
+    ("zeros_after_seal", None, False, "cut_after_seal"),
+    ("garbage_after_seal", None, False, "cut_after_seal"),
+    ("flipped_byte", 0, True, "rewrite"),
+    ("flipped_byte", "middle", True, "rewrite"),
+    ("flipped_byte", -1, True, "rewrite"),
+    ("damaged_seal_frame", None, True, "rewrite"),
+    ("parquet_cut_short", None, True, "reconvert"),
+    ("flipped_byte", 0, False, "ship_converted"),
+]
+
+
+def damage_sealed(path: Path, kind: str, which: int | str | None, rng: random.Random
+                  ) -> set[tuple[int, int]]:
+    """Damage a sealed segment file; return the (partition, offset) of the records whose
+    frame no longer verifies."""
+    data = bytearray(path.read_bytes())
+    frames = records_frames(bytes(data))
+    if kind == "zeros_after_seal":
+        path.write_bytes(bytes(data) + bytes(4096))
+        return set()
+    if kind == "garbage_after_seal":
+        path.write_bytes(bytes(data) + os.urandom(rng.randint(1, 8192)))
+        return set()
+    if kind == "damaged_seal_frame":
+        seal_at = frames[-1][1]
+        data[rng.randrange(seal_at + FRAME_HEADER_SIZE, len(data))] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(data))
+        return set()
+    if kind == "parquet_cut_short":
+        return set()
+    index = len(frames) // 2 if which == "middle" else int(str(which))
+    start, end, held = frames[index]
+    data[rng.randrange(start + FRAME_HEADER_SIZE, end)] ^= 1 << rng.randrange(8)
+    path.write_bytes(bytes(data))
+    return set(held)
+
+
+def test_damaged_sealed_segments_are_salvaged_and_healed_from_kafka(
     scenario: Scenario, toxiproxy: ToxiproxyClient
 ) -> None:
-    """A flipped bit, an absurd length and a bad magic in sealed segments quarantine them with a
-    reason; the rest lands; `wal_bridge replay --quarantined` brings back every record."""
+    """Each damage of the table lands on its own sealed, converted segment (offsets committed,
+    COMMIT_POLICY=wal); at restart recovery salvages every one, quarantines none, the running
+    bridge re-fetches exactly the damaged frames' offsets, and every record lands once."""
     rng = random.Random(f"{SEED}-sealed")
     proxy = toxiproxy.create_proxy(f"gcs-{scenario.topic[-8:]}", urlparse(scenario.gcs.url).netloc)
-    bridge = scenario.bridge(emulator=proxy.url)
+    # Segments sealed at 500 records or 4 s: several polls (frames) each.
+    bridge = scenario.bridge(emulator=proxy.url, COMMIT_POLICY="wal", BATCH_TIMEOUT="4")
     bridge.start()
     # A first file ships, and with it the table's schema reaches the bucket (it must, before
     # any segment converts); then segments pile up sealed and converted, none shipped.
@@ -144,58 +196,49 @@ def test_damaged_sealed_segments_are_quarantined_and_replayed(
     wait_for(lambda: bridge.events("segment_shipped"), 90, "a first segment shipped",
              on_timeout=bridge.tail)
     toxiproxy.disable(proxy.name)
-    scenario.workload.produce(2_000)
     wal = scenario.wal_dir()
-    wait_for(lambda: len(wal_files(wal)["parquet"]) >= 4, 90, "four converted segments",
-             on_timeout=bridge.tail)
+
+    def candidates() -> list[Path]:
+        """Converted segments of three records frames or more (polls of separate bursts)."""
+        out = []
+        for path in sorted((wal / "segments").glob("*.sealed")):
+            parquet = wal / "outbox" / path.name.replace(".sealed", ".parquet")
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                if parquet.exists() and len(records_frames(path.read_bytes())) >= 3:
+                    out.append(path)
+        return out
+
+    for _ in range(200):  # bursts: each poll a frame, several frames a segment
+        scenario.workload.produce(60)
+        time.sleep(0.15)
+        if len(candidates()) >= len(SEALED_DAMAGES):
+            break
+    wait_for(lambda: len(candidates()) >= len(SEALED_DAMAGES), 90,
+             f"{len(SEALED_DAMAGES)} converted segments of three frames", on_timeout=bridge.tail)
     bridge.kill()
-    sealed = sorted((wal / "segments").glob("*.sealed"))[:3]
     damaged: dict[int, str] = {}
-    held: set[tuple[int, int]] = set()  # (partition, offset) of the damaged segments' records
-    for path, kind in zip(sealed, ["flipped_bit", "absurd_length", "bad_magic"], strict=True):
-        data = bytearray(path.read_bytes())
-        for (_, partition), r in scan(bytes(data)).ranges.items():
-            held.update((partition, o) for o in range(r.first, r.last + 1))
-        first, end = frame_offsets(bytes(data))[0]
-        if kind == "flipped_bit":
-            at = rng.randrange(first + FRAME_HEADER_SIZE, end)
-            data[at] ^= 1 << rng.randrange(8)
-        elif kind == "absurd_length":
-            struct.pack_into("<I", data, first + 8, 0xFFFF_FFF0)
-        else:
-            assert data[:8] == SEGMENT_MAGIC
-            data[:8] = b"NOTAWAL!"
-        path.write_bytes(data)
-        damaged[int(path.name.split(".")[0])] = kind
+    refetch: set[tuple[int, int]] = set()
+    for path, (kind, which, cut_parquet, decision) in zip(candidates(), SEALED_DAMAGES,
+                                                          strict=False):
+        seq = int(path.name.split(".")[0])
+        held = damage_sealed(path, kind, which, rng)
+        if cut_parquet:
+            parquet = wal / "outbox" / f"{seq:010d}.parquet"
+            parquet.write_bytes(parquet.read_bytes()[: parquet.stat().st_size // 2])
+        if decision == "rewrite":
+            refetch |= held
+        damaged[seq] = decision
     toxiproxy.enable(proxy.name)
-    scenario.workload.produce(500)
+    scenario.workload.produce(300)
     bridge.start()
     scenario.wait_assigned(bridge)
     started = bridge.events("bridge_starting")[0]
-    assert sorted(started["quarantined"]) == sorted(damaged), bridge.tail()
-    reported = {e["segment"]: e["reason"] for e in bridge.events("segment_quarantined")}
-    assert set(reported) == set(damaged), bridge.tail()
-    for seq in damaged:
-        reason = json.loads((wal / "quarantine" / f"{seq:010d}.reason.json").read_text())
-        assert reason["reason"], reason
-        assert "replay --quarantined" in reason["hint"], reason
-
-    # Everything but the quarantined records lands, once; none of those, yet.
-    expected = read_topic(scenario.kafka.bootstrap, scenario.topic)
-    wait_for(lambda: scenario.landed.covers(set(expected) - held), 120,
-             "every record outside the quarantined segments", on_timeout=bridge.tail)
-    scenario.drain(bridge)
-    before = scenario.verdict()
-    assert set(before.missing) == held, f"missing {len(before.missing)}, held {len(held)}"
-    assert not before.duplicated, before.problems()
-    assert not before.corrupted, before.problems()
-
-    replay = subprocess.run(
-        [sys.executable, "-m", "wal_bridge.cli", "replay", "--quarantined"],
-        env=scenario.env(), capture_output=True, text=True, timeout=180, check=False,
-    )
-    output = f"{replay.stdout}\n{replay.stderr}"
-    assert replay.returncode == 0, f"replay exited {replay.returncode}\n{output}"
-    assert not wal_files(wal)["quarantined"], f"still quarantined after replay\n{output}"
-    scenario.finish(damage=damaged, quarantined_records=len(held),
-                    reasons=sorted(reported.values()))
+    assert started["quarantined"] == [], bridge.tail()
+    decisions = {seq: decision for seq, decision in started["salvaged"] if seq in damaged}
+    assert decisions == damaged, bridge.tail()
+    scenario.wait_all_landed()
+    done = bridge.events("refetch_done")
+    assert sum(e["records"] for e in done) == len(refetch), bridge.tail()
+    assert not bridge.events("refetch_data_lost"), bridge.tail()
+    assert not wal_files(wal)["quarantined"]
+    scenario.finish(damage=damaged, refetched_records=len(refetch), seed=SEED)
