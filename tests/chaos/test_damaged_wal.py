@@ -12,9 +12,12 @@ Nothing is quarantined and every record lands once.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -22,6 +25,7 @@ from urllib.parse import urlparse
 import pytest
 
 from scripts.services.toxiproxy import ToxiproxyClient
+from tests.chaos.oracle import read_topic
 from tests.chaos.scenario import Scenario, held_records, wal_files
 from tests.support import committed_offsets, wait_for
 from wal_bridge.wal.codec import (
@@ -242,3 +246,75 @@ def test_damaged_sealed_segments_are_salvaged_and_healed_from_kafka(
     assert not bridge.events("refetch_data_lost"), bridge.tail()
     assert not wal_files(wal)["quarantined"]
     scenario.finish(damage=damaged, refetched_records=len(refetch), seed=SEED)
+
+
+def test_damaged_offsets_gone_from_kafka_are_reported_and_nothing_waits(
+    scenario: Scenario, toxiproxy: ToxiproxyClient
+) -> None:
+    """A damaged frame whose offsets retention already deleted: the running bridge reports
+    them exactly (an error line, `inspect`), keeps them in quarantine, and everything else,
+    the damaged segment's verified frames included, lands once."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    rng = random.Random(f"{SEED}-lost")
+    proxy = toxiproxy.create_proxy(f"gcs-{scenario.topic[-8:]}", urlparse(scenario.gcs.url).netloc)
+    bridge = scenario.bridge(emulator=proxy.url, COMMIT_POLICY="wal", BATCH_TIMEOUT="4")
+    bridge.start()
+    scenario.workload.produce(100)
+    wait_for(lambda: bridge.events("segment_shipped"), 90, "a first segment shipped",
+             on_timeout=bridge.tail)
+    toxiproxy.disable(proxy.name)
+    wal = scenario.wal_dir()
+
+    def target() -> Path | None:
+        for path in sorted((wal / "segments").glob("*.sealed")):
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                if len(records_frames(path.read_bytes())) >= 3:
+                    return path
+        return None
+
+    for _ in range(100):
+        scenario.workload.produce(60)
+        time.sleep(0.15)
+        if target() is not None:
+            break
+    wait_for(target, 60, "a sealed segment of three frames", on_timeout=bridge.tail)
+    bridge.kill()
+    path = target()
+    assert path is not None
+    seq = int(path.name.split(".")[0])
+    held = damage_sealed(path, "flipped_byte", 0, rng)
+    for stale in (wal / "outbox").glob(f"{seq:010d}.*"):
+        stale.unlink()  # not converted: the segment file is all there is
+    by_partition: dict[int, list[int]] = {}
+    for p, o in held:
+        by_partition.setdefault(p, []).append(o)
+    admin = AdminClient({"bootstrap.servers": scenario.kafka.bootstrap})
+    for future in admin.delete_records([TopicPartition(scenario.topic, p, max(o) + 1)
+                                        for p, o in by_partition.items()]).values():
+        future.result(30)
+    toxiproxy.enable(proxy.name)
+    bridge.start()
+    scenario.wait_assigned(bridge)
+
+    wait_for(lambda: bridge.events("refetch_data_lost"), 60, "the loss reported",
+             on_timeout=bridge.tail)
+    lost = sorted((e["partition"], e["first_offset"], e["last_offset"])
+                  for e in bridge.events("refetch_data_lost"))
+    assert lost == sorted((p, min(o), max(o)) for p, o in by_partition.items()), bridge.tail()
+    report = json.loads(subprocess.run(
+        [sys.executable, "-m", "wal_bridge.cli", "inspect", "--json", str(wal)],
+        env=scenario.env(), capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert sorted((u["partition"], u["first_offset"], u["last_offset"])
+                  for u in report["unrecoverable"]) == lost
+    assert report["totals"]["unrecoverable_records"] == len(held)
+    # Everything Kafka still holds lands, the damaged segment's verified frames included.
+    expected = read_topic(scenario.kafka.bootstrap, scenario.topic)
+    wait_for(lambda: scenario.landed.covers(expected), 120, "every record Kafka holds",
+             on_timeout=bridge.tail)
+    scenario.drain(bridge)
+    verdict = scenario.verdict()
+    assert not verdict.duplicated, verdict.problems()
+    assert len(wal_files(wal)["quarantined"]) == 1
+    scenario.record(verdict, lost_offsets=len(held), seed=SEED)
