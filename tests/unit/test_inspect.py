@@ -285,3 +285,47 @@ def test_an_open_segment_without_its_header_yet_is_not_damage(tmp_path: Path) ->
     assert (seg["records"], seg["damage"]) == (0, None)
     assert seg["tail"] == {"status": "torn", "bytes": 4,
                            "reason": "segment header not written yet"}
+
+
+def test_salvage_shows_damaged_files_refetches_and_unrecoverable_offsets(tmp_path: Path) -> None:
+    """A sealed segment salvaged at start shows its kept and set-aside bytes and the offsets
+    to re-fetch; once re-fetched with part of them gone from Kafka, the done re-fetch and the
+    unrecoverable offsets show, exactly, in the JSON and the table."""
+    wal = open_wal(tmp_path, batch_size=30)
+    for first in (0, 10, 20):
+        wal.append(batch(2, first, 10))
+    wal.close()
+    path = tmp_path / "segments" / "0000000001.sealed"
+    data = bytearray(path.read_bytes())
+    data[list(iter_frames(memoryview(bytes(data))))[1].offset + 20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    wal = open_wal(tmp_path, batch_size=30)
+
+    report = inspect_wal(tmp_path, now=NOW)
+    (damaged,) = report["damaged"]
+    assert damaged["file"] == "segments/0000000001.damaged"
+    assert 0 < damaged["salvaged_bytes"] < damaged["bytes"]
+    (pending,) = report["refetch"]
+    assert (pending["of_segment"], pending["records"]) == (1, 10)
+    assert [(r["partition"], r["first_offset"], r["last_offset"]) for r in pending["ranges"]] == [
+        (2, 10, 19)]
+    assert report["quarantined"] == []
+    assert "Re-fetch from Kafka" in render(report)
+
+    (job,) = wal.refetch_jobs()
+    wal.complete_refetch(job, [batch(2, 15, 5)], [{
+        "topic": "events", "partition": 2, "first_offset": 10, "last_offset": 14, "count": 5,
+        "why": "deleted from Kafka (earliest offset is now 15)"}])
+    wal.close()
+
+    report = inspect_wal(tmp_path, now=NOW)
+    assert report["refetch"] == []
+    (done,) = report["refetched"]
+    assert done["records"] == 5
+    (lost,) = report["unrecoverable"]
+    assert (lost["topic"], lost["partition"], lost["first_offset"], lost["last_offset"],
+            lost["of_segment"]) == ("events", 2, 10, 14, 1)
+    assert report["totals"]["unrecoverable_records"] == 5
+    text = render(report)
+    assert "UNRECOVERABLE" in text
+    assert "10-14" in text

@@ -55,6 +55,31 @@ def test_gauges_render_the_status_taken_at_scrape_time() -> None:
     assert b"wal_bridge_consumer_lag{" not in metrics.render()
 
 
+def test_salvage_shows_in_counters_and_gauges() -> None:
+    """Recovery's salvage decisions and bytes are counted; pending re-fetches and offsets lost
+    from Kafka are gauges of the status."""
+    from wal_bridge.wal.recovery import RecoveryReport
+
+    metrics = Metrics()
+    metrics.watch(lambda: BridgeStatus(refetch_pending_ranges=2, refetch_pending_records=15,
+                                       unrecoverable_records=3), lambda s: Health(True))
+    metrics.count_salvage(RecoveryReport(
+        salvaged=[{"decision": "rewrite"}, {"decision": "rewrite"},
+                  {"decision": "cut_after_seal"}],
+        quarantined=[(4, "segment header: bad segment magic")],
+        salvaged_bytes=4000, damaged_bytes=96))
+
+    assert metrics.value("wal_bridge_salvage_decisions_total", {"decision": "rewrite"}) == 2
+    assert metrics.value("wal_bridge_salvage_decisions_total",
+                         {"decision": "cut_after_seal"}) == 1
+    assert metrics.value("wal_bridge_salvage_decisions_total", {"decision": "quarantine"}) == 1
+    assert metrics.value("wal_bridge_salvaged_bytes_total") == 4000
+    assert metrics.value("wal_bridge_damaged_bytes_total") == 96
+    assert metrics.value("wal_bridge_refetch_pending_ranges") == 2
+    assert metrics.value("wal_bridge_refetch_pending_records") == 15
+    assert metrics.value("wal_bridge_unrecoverable_records") == 3
+
+
 def test_the_server_answers_metrics_healthz_and_readyz() -> None:
     """/metrics in the text format, /healthz 200, /readyz 200 or 503 with the reasons."""
     metrics = Metrics()
