@@ -44,10 +44,14 @@ def consumer_config(settings: Settings, instance_id: str) -> dict[str, Any]:
         "enable.partition.eof": False,
         "session.timeout.ms": 45_000,
         "max.poll.interval.ms": 300_000,
-        # Bound the prefetch queue: memory follows the segment size, not the backlog. 8 MiB
-        # holds several polls' worth, so the consumer never waits for the broker.
-        "queued.max.messages.kbytes": 8_192,
-        "fetch.max.bytes": 8 * 1024 * 1024,
+        # Bound the prefetch queue: memory follows the segment size, not the backlog. librdkafka
+        # holds up to about the queue plus one fetch response, each message with ~250 bytes of
+        # its own beside the value, and a compressed batch decompressed whole: at 8 MiB each
+        # that was ~70 MiB resident on an lz4 topic, at 2 MiB ~30 MiB. 2 MiB (~9,000 records of
+        # 230 bytes) still refills faster than the bridge drains: a consume-only loop with
+        # these settings reads 400,000+ records/s (scripts/bench, `ceiling-bridge`).
+        "queued.max.messages.kbytes": 2_048,
+        "fetch.max.bytes": 2 * 1024 * 1024,
         # How long librdkafka waits before fetching again for a partition whose prefetch queue
         # was full: 1 s by default, which with a bounded queue, not the broker, set the rate
         # (106,000 records/s in the benchmark's consume-only loop, 400,000+ with 10 ms).

@@ -41,9 +41,11 @@ docs/schema.md describes the columns, the types and the footer keys for users.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -69,6 +71,7 @@ from wal_bridge.schema import (
     SchemaStore,
     SharedSchema,
     column_names,
+    infer,
     infer_texts,
 )
 from wal_bridge.wal.codec import BATCH_SCHEMA
@@ -193,9 +196,12 @@ class Converter:
         them. The same checks and the same parser (DuckDB) that decide which records are rows
         decide which records shape the schema, and each value's kind is read from the JSON
         text that parser gives (:func:`wal_bridge.schema.infer_texts`), so inference and
-        conversion cannot disagree on what a record is. Returns the rows left, their text and
+        conversion cannot disagree on what a record is; a segment the fast path reads whole is
+        decided without DuckDB (:func:`flat_first_schema`). Returns the rows left, their text and
         the schema in force (None when no record is left); raises SchemaUndecided when the
         records give no column."""
+        if (candidate := flat_first_schema(text)) is not None:
+            return rows, text, self.store.pin(candidate)
         rows, text = forgiven(rows, text, rejects)
         # NaN and Infinity: any record holding them is a dead letter once converted (see
         # general's step 3), so it must not shape the schema either.
@@ -223,6 +229,34 @@ class Converter:
                                "it waits for data with fields, or for SCHEMA_FILE")
             raise SchemaUndecided(f"segment {seal.segment}: no column in its records")
         return first.rows, first.text, self.store.pin(inferred)
+
+
+def flat_first_schema(text: pa.StringArray) -> PayloadSchema | None:
+    """The first data's schema when the fast path reads the whole segment under it, else None.
+
+    A candidate is inferred from Python's reading of the records (:func:`wal_bridge.schema.
+    infer`) and kept only if :func:`~wal_bridge.conversion.flat.read_flat` then reads every
+    record under it, which it does only where its result is, row for row, the general
+    converter's: conversion reads the segment with the very parser, and to the very values,
+    that decided the schema. Anything else (a nested value, an unusual number, a key that
+    cannot be a column, a record Python refuses) returns None, and the caller decides with the
+    general converter's parser (DuckDB). So the usual first segment never loads DuckDB, which
+    costs about 50 MiB of resident memory for as long as the process lives.
+    """
+    try:
+        records = [json.loads(t, parse_constant=_refuse_constant) for t in text.to_pylist()]
+    except (ValueError, TypeError):
+        return None
+    if not records or not all(isinstance(r, dict) for r in records):
+        return None
+    candidate = infer(records)
+    if not candidate.fields or read_flat(candidate, text) is None:
+        return None
+    return candidate
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not standard JSON")
 
 
 def _empty(schema: PayloadSchema | None, n: int) -> dict[str, pa.Array]:

@@ -19,8 +19,11 @@ makes it give up (each one costs the segment one extra attempt, a few millisecon
 - any value of the wrong JSON type for its column, an integer beyond int64, or a number in a
   float64 column that is not finite (NaN, Infinity, or beyond float64);
 - a float64 member of 16 or more digits in a row, or a float64 value that is zero or
-  subnormal: a number a double may not carry, which the general converter checks one by
-  one (:mod:`wal_bridge.conversion.numbers`);
+  subnormal in a segment with an exponent of three digits or more: a number a double may not
+  carry (``1e-400`` reads as 0), which the general converter checks one by one
+  (:mod:`wal_bridge.conversion.numbers`). Zero itself is common (``0``, ``0.0``, ``-0``) and
+  exact: a number under the smallest normal double needs such an exponent, or a run of 16
+  digits, which the previous check already refuses;
 - a record that is more than one JSON value, or that is not JSON at all;
 - a timestamp column whose values are not all timestamps.
 
@@ -29,6 +32,8 @@ an object) never reach it.
 """
 
 from __future__ import annotations
+
+import re
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,6 +45,9 @@ from wal_bridge.schema import FieldType, PayloadSchema
 
 _TINY = pa.scalar(TINY, pa.float64())
 _NEWLINE, _EMPTY, _QUOTE = (pa.scalar(t, pa.string()) for t in ("\n", "", '"'))
+# An exponent of three digits or more (leading zeros count): the only way, short of a run of
+# 16 digits, for a JSON number's text to read as a double under the normal range.
+_BIG_EXPONENT = re.compile(rb"[eE][-+]?[0-9]{3}")
 
 # What Arrow's reader is asked for per column type; timestamps are read as strings and parsed
 # by the same code as the general converter's, so both accept exactly the same texts.
@@ -55,35 +63,41 @@ _READ_AS: dict[FieldType, pa.DataType] = {
 def read_flat(schema: PayloadSchema, text: pa.StringArray) -> dict[str, pa.Array] | None:
     """The payload columns of ``text`` (one JSON object per value), in schema order, or None
     when the segment needs the general converter."""
-    if not _may_be_flat(schema, text):
+    raw = _may_be_flat(schema, text)
+    if raw is None:
         return None
     table = _read(schema, text)
     if table is None:
         return None
+    tiny_exact = _BIG_EXPONENT.search(raw) is None
     columns: dict[str, pa.Array] = {}
     for f in schema.fields:
-        values = _column(f.type, table.column(f.name).combine_chunks())
+        values = _column(f.type, table.column(f.name).combine_chunks(), tiny_exact)
         if values is None:
             return None
         columns[f.name] = values
     return columns
 
 
-def _may_be_flat(schema: PayloadSchema, text: pa.StringArray) -> bool:
+def _may_be_flat(schema: PayloadSchema, text: pa.StringArray) -> bytes | None:
+    """The bytes of ``text``'s values, or None when a look at them already rules the fast
+    path out."""
     if len(text) == 0 or not schema.fields:
-        return False
+        return None
     if any(f.type is FieldType.JSON for f in schema.fields):
-        return False
+        return None
     # One look at the bytes (the whole buffer: a false alarm only costs the fast path).
     data = text.buffers()[2]
     raw = data.to_pybytes() if data is not None else b""
     if b"\n" in raw or b"\r" in raw:
-        return False
+        return None
     # A number a double may not carry: only the general converter checks it, number by number.
     floats = [f.name for f in schema.fields if f.type is FieldType.FLOAT64]
     if not floats or not long_digits(text):
-        return True
-    return not pc.any(pc.match_substring_regex(text, long_member(floats))).as_py()
+        return raw
+    if pc.any(pc.match_substring_regex(text, long_member(floats))).as_py():
+        return None
+    return raw
 
 
 def _read(schema: PayloadSchema, text: pa.StringArray) -> pa.Table | None:
@@ -108,13 +122,17 @@ def _read(schema: PayloadSchema, text: pa.StringArray) -> pa.Table | None:
     return table if table.num_rows == n else None  # more rows: a value held several objects
 
 
-def _column(kind: FieldType, values: pa.Array) -> pa.Array | None:
-    """The column as the general converter makes it, or None where it would differ."""
+def _column(kind: FieldType, values: pa.Array, tiny_exact: bool) -> pa.Array | None:
+    """The column as the general converter makes it, or None where it would differ.
+    ``tiny_exact``: no number of the segment has an exponent that could make it read as zero
+    or a subnormal (``1e-400``)."""
     if kind is FieldType.FLOAT64 and values.null_count != len(values):
-        # NaN and Infinity are read as numbers here; the general converter rejects them. Zero
-        # and subnormals may not be the record's number (-0, 1e-400): it checks those too.
+        # NaN and Infinity are read as numbers here; the general converter rejects them.
         if not pc.all(pc.is_finite(values)).as_py():
             return None
+        if tiny_exact:
+            return values
+        # Zero and subnormals may not be the record's number (1e-400): it checks those.
         return None if pc.any(pc.less(pc.abs(values), _TINY)).as_py() else values
     if kind is FieldType.TIMESTAMP:
         quoted = pc.binary_join_element_wise(_QUOTE, values, _QUOTE, _EMPTY)

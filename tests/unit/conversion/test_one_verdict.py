@@ -5,6 +5,8 @@ deeper than MAX_DEPTH are dead letters for both."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from tests.unit.test_parquet import batch, seal_of
+from wal_bridge import conversion
 from wal_bridge.conversion import Converted, Converter, SchemaUndecided
 from wal_bridge.conversion.screen import MAX_DEPTH
 from wal_bridge.schema import FieldType, SchemaStore
@@ -157,3 +160,60 @@ def _extra_has(row: dict[str, Any], name: str) -> bool:
 def _null_field(values: list[bytes], row: dict[str, Any], name: str) -> bool:
     record = json.loads(values[row["_kafka_offset"]])
     return name in record and record[name] is None
+
+
+# ------------------------------------------------------- the first schema without DuckDB
+
+_FLAT_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**65), max_value=2**65),
+    st.floats(allow_nan=False), st.text(max_size=4),
+    st.sampled_from(["2026-05-01T12:00:00Z", "2026-02-30 10:00", "1e5", 0.0, -0.0, 1e-320]),
+)
+
+
+@st.composite
+def flat_segments(draw: Any) -> list[bytes]:
+    keys = st.sampled_from(["a", "b", "ts", "A", "1x"])
+    records = draw(st.lists(st.dictionaries(keys, _FLAT_SCALARS, max_size=4), min_size=1,
+                            max_size=6))
+    return [json.dumps(r).encode() for r in records]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flat_segments())
+def test_the_fast_first_schema_is_the_one_duckdb_reading_decides(values: list[bytes]) -> None:
+    """Where the first segment is decided without DuckDB, deciding it with DuckDB's reading
+    gives the same schema, and converting the segment gives the same rows."""
+    fast = Converter(1 << 20)
+    try:
+        fast_rows = convert(fast, values, 0)
+    except SchemaUndecided:
+        return
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(conversion, "flat_first_schema", lambda _text: None)
+        slow = Converter(1 << 20)
+        slow_rows = convert(slow, values, 0)
+    assert fast.store.schema == slow.store.schema
+    assert fast_rows.data.equals(slow_rows.data)
+    assert fast_rows.dead_letters.equals(slow_rows.dead_letters)
+
+
+def test_a_flat_first_segment_never_loads_duckdb() -> None:
+    """The usual first segment (flat records of strings, numbers, zero among them, booleans
+    and timestamps) decides the schema and converts with DuckDB unimportable: it is never
+    loaded, which saves ~50 MiB resident."""
+    script = (
+        "import sys, json\n"
+        "from tests.unit.test_parquet import batch, seal_of\n"
+        "sys.modules['duckdb'] = None  # any import of it now fails\n"
+        "from wal_bridge.conversion import Converter\n"
+        "values = [json.dumps({'id': i, 'user': f'u{i}', 'amount': i * 1.25, 'ok': i % 2 == 0,"
+        " 'ts': '2026-05-01T12:00:00Z'}).encode() for i in range(100)]\n"
+        "b = batch(values, first=0)\n"
+        "out = Converter(1 << 20).convert([b], seal_of(b, segment=0))\n"
+        "print(out.data.num_rows, out.data.column('_extra').null_count)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=False, cwd=Path(__file__).resolve().parents[3])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["100", "100"]
