@@ -45,8 +45,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -187,7 +186,6 @@ class Converter:
                         reason="the writer's schema has no field that can be a column")
             raise SchemaUndecided(f"segment {seal.segment}: no column in its writer's schema")
         return self.store.pin(schema)
-
 
 
     def _first_schema(self, rows: pa.Array, text: pa.StringArray, rejects: Rejects,
