@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter
 
 COLOURS = {"ceiling": "#9e9e9e", "ceiling-bridge": "#cfcfcf", "bridge": "#1565c0",
-           "naive": "#ef6c00", "quix": "#6a1b9a"}
+           "bridge-avro": "#64b5f6", "naive": "#ef6c00", "quix": "#6a1b9a"}
 
 
 def main(source: Path, target: Path) -> int:

@@ -17,6 +17,9 @@ One run, one topic, one bucket:
      offset;
    - ``naive``: the seed's design (kafka-python, a list, pandas.to_parquet every 5,000);
    - ``quix``: Quix Streams with its FileSink (Parquet) uploading to the bucket;
+   - ``bridge-avro``: the bridge again, on a second topic holding the same events Avro-encoded
+     through a schema registry (scripts/bench_avro.py; Apicurio Registry from the services
+     cache), with ``VALUE_FORMAT=avro``;
 
    then count the objects and bytes each left in the bucket and the rows in them;
 3. optionally drain once more with the bridge under py-spy, and summarise where its threads
@@ -43,12 +46,12 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scripts import bench_cost, bench_profile, services
+from scripts import bench_avro, bench_cost, bench_profile, services
 from scripts.bench_events import encode
 from scripts.bench_measure import (
     Child,
@@ -65,11 +68,12 @@ from wal_bridge.wal.layout import WalLayout
 from wal_bridge.wal.segment import SEALED
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("ceiling", "ceiling-bridge", "bridge", "naive", "quix")
+CONTENDERS = ("ceiling", "ceiling-bridge", "bridge", "bridge-avro", "naive", "quix")
 LABELS = {
     "ceiling": "raw consume ceiling (confluent-kafka)",
     "ceiling-bridge": "consume only, the bridge's client settings",
     "bridge": "wal-bridge (WAL + fsync, Parquet, GCS)",
+    "bridge-avro": "wal-bridge, Avro values (VALUE_FORMAT=avro)",
     "naive": "naive seed (kafka-python + pandas)",
     "quix": "Quix Streams FileSink (Parquet)",
 }
@@ -405,12 +409,18 @@ def bridge_env(ctx: Context, wal_dir: Path, group: str, prefix: str) -> dict[str
     return env
 
 
-def run_bridge(ctx: Context, attempt: int, *, profile: bool = False) -> Run:
-    tag = f"bridge-profile-{attempt}" if profile else f"bridge-{attempt}"
-    run = Run("bridge", LABELS["bridge"], loadavg_before=load_average())
+def run_bridge(ctx: Context, attempt: int, *, profile: bool = False,
+               registry_url: str | None = None) -> Run:
+    """Drain ``ctx.topic`` with ``wal_bridge run``; with ``registry_url``, as the
+    ``bridge-avro`` contender (VALUE_FORMAT=avro, SCHEMA_REGISTRY_URL=registry_url)."""
+    name = "bridge" if registry_url is None else "bridge-avro"
+    tag = f"{name}-profile-{attempt}" if profile else f"{name}-{attempt}"
+    run = Run(name, LABELS[name], loadavg_before=load_average())
     wal_dir = ctx.workdir / f"wal-{tag}"
     prefix = f"{ctx.run_id}/{tag}/raw"
     env = bridge_env(ctx, wal_dir, f"{ctx.run_id}-{tag}", prefix)
+    if registry_url is not None:
+        env.update(VALUE_FORMAT="avro", SCHEMA_REGISTRY_URL=registry_url)
     watch = start_watch(ctx)
     log_path = ctx.workdir / "logs" / f"{tag}.log"
     command = (shlex.split(ctx.args.bridge_command) if ctx.args.bridge_command
@@ -464,6 +474,23 @@ def run_bridge(ctx: Context, attempt: int, *, profile: bool = False) -> Run:
     if run.ok:
         inventory(ctx, run, prefix, identities=not profile)
     return run
+
+
+def run_contender(ctx: Context, name: str, attempt: int, *, registry_url: str | None,
+                  produced_avro: dict[str, Any] | None) -> Run:
+    """One drain by contender ``name``; ``bridge-avro`` drains the Avro topic that
+    ``produced_avro`` describes (bench_avro.produce) through the registry at ``registry_url``."""
+    if name.startswith("ceiling"):
+        return run_ceiling(ctx, attempt, name)
+    if name == "bridge":
+        return run_bridge(ctx, attempt)
+    if name == "bridge-avro":
+        if produced_avro is None:
+            raise RuntimeError("bridge-avro needs the Avro topic (bench_avro.prepare) first")
+        avro_ctx = replace(ctx, topic=produced_avro["topic"],
+                           payload_bytes=produced_avro["payload_bytes"])
+        return run_bridge(avro_ctx, attempt, registry_url=registry_url)
+    return run_alternative(ctx, name, f"bench_{name}.py", attempt)
 
 
 def bridge_log_stats(path: Path, spawned_epoch: float) -> dict[str, Any]:
@@ -675,6 +702,9 @@ def ratios(by_name: dict[str, Run]) -> dict[str, float]:
         other = by_name.get(name)
         if other and other.ok and other.records_per_s:
             out[key] = round(bridge.records_per_s / other.records_per_s, 2)
+    avro = by_name.get("bridge-avro")
+    if avro and avro.ok and avro.records_per_s:  # the Avro drain's rate over the JSON drain's
+        out["avro_vs_json"] = round(avro.records_per_s / bridge.records_per_s, 2)
     return out
 
 
@@ -743,7 +773,7 @@ def table(by_name: dict[str, Run], ratio: dict[str, float]) -> str:
         vs_ceiling = (f"{run.records_per_s / ceiling.records_per_s:9.2f}"
                       if ceiling and ceiling.ok else f"{'-':>9}")
         faster = "-"
-        if bridge and bridge.ok and name != "bridge":
+        if bridge and bridge.ok and name not in ("bridge", "bridge-avro"):
             faster = f"{bridge.records_per_s / run.records_per_s:.2f}x"
         lands = not name.startswith("ceiling")
         objects = f"{run.objects:>7,}" if lands else f"{'-':>7}"
@@ -767,6 +797,14 @@ def report_text(result: dict[str, Any], by_name: dict[str, Run]) -> str:
         "",
         table(by_name, result["ratios"]),
         "",
+    ]
+    avro = result.get("produce_avro")
+    if avro:
+        out += [f"bridge-avro drains the same events Avro-encoded ({avro['mean_event_bytes']} "
+                f"bytes each, schema id {avro['schema_id']} as {avro['subject']})"
+                + (f": {result['ratios']['avro_vs_json']}x the JSON drain's rate"
+                   if "avro_vs_json" in result["ratios"] else ""), ""]
+    out += [
         "targets:",
     ]
     for row in result["targets"]:
@@ -834,7 +872,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-timeout", type=float, default=60.0,
                         help="the bridge's BATCH_TIMEOUT")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
-                        help=f"comma-separated, in this order: {','.join(CONTENDERS)}")
+                        help=f"comma-separated, in this order: {','.join(CONTENDERS)} "
+                             "(bridge-avro: the bridge on the same events Avro-encoded, "
+                             "through a schema registry)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="drains per contender; the median by rate is reported")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
@@ -928,6 +968,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one run, top 
         say(f"producing {args.events:,} events into {topic} ({args.partitions} partitions)")
         produced = produce(endpoints.bootstrap, topic, args.events, args.partitions)
         say(f"produced in {produced['duration_s']} s ({produced['records_per_s']:,} records/s)")
+        # The Avro backlog and its registry, when bridge-avro is a contender (else Nones).
+        registry_url, produced_avro = bench_avro.prepare(
+            stack, workdir, bootstrap=endpoints.bootstrap, topic=f"{run_id}-events-avro",
+            events=args.events, partitions=args.partitions,
+            wanted="bridge-avro" in args.contenders, say=say,
+            progress=Progress("produce", args.events))
         ctx = Context(args, endpoints, topic, bucket, args.events, produced["payload_bytes"],
                       workdir, sys.executable, args.bench_python, run_id)
         if args.quiet_load > 0:
@@ -937,12 +983,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one run, top 
             for attempt in range(1, args.repeat + 1):
                 say(f"draining with {LABELS[name]}" + (f" ({attempt}/{args.repeat})"
                                                         if args.repeat > 1 else ""))
-                if name.startswith("ceiling"):
-                    run = run_ceiling(ctx, attempt, name)
-                elif name == "bridge":
-                    run = run_bridge(ctx, attempt)
-                else:
-                    run = run_alternative(ctx, name, f"bench_{name}.py", attempt)
+                run = run_contender(ctx, name, attempt, registry_url=registry_url,
+                                    produced_avro=produced_avro)
                 if run.error:
                     say(f"{name}: {run.error} (log: {workdir / 'logs'})")
                 runs.append(run)
@@ -973,8 +1015,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one run, top 
         "services": {"kafka": f"Apache Kafka {kafka_service.KAFKA_VERSION} (KRaft)"
                      if endpoints.kafka_managed else "external",
                      "gcs": f"fake-gcs-server {gcs_service.VERSION}"
-                     if endpoints.gcs_managed else "external"},
+                     if endpoints.gcs_managed else "external",
+                     **({"schema_registry": registry_url} if registry_url else {})},
         "produce": produced,
+        "produce_avro": produced_avro,
         "runs": [asdict(r) for r in by_name.values()],
         "attempts": attempts,
         "ratios": ratio,
