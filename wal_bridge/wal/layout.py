@@ -12,7 +12,8 @@ Layout of ``WAL_DIR``::
                                  bytes after a sealed segment's seal frame (N.2.torn, ... when
                                  a segment was cut more than once)
     segments/N.damaged           a damaged sealed segment as it was, before recovery rewrote
-                                 it with the frames that verify (kept for reference)
+                                 it with the frames that verify (kept for reference; N.2.damaged
+                                 ... when it was damaged again)
     segments/M.refetch.json      offsets the damaged frames of a segment held, to be read again
                                  from Kafka into segment M (see wal_bridge.refetch) ...
     segments/M.refetched.json    ... and, once read, what came back and what was lost (kept)
@@ -103,6 +104,16 @@ class WalLayout:
 
     def damaged(self, seq: int) -> Path:
         return self.segments / f"{seq:010d}.damaged"
+
+    def free_damaged(self, seq: int, data: bytes) -> Path:
+        """Where segment ``seq``'s damaged file ``data`` is kept: ``N.damaged``, or
+        ``N.2.damaged`` and so on when an earlier, different one is kept already (the same
+        bytes, from an interrupted recovery, go where they went)."""
+        path, n = self.damaged(seq), 1
+        while path.exists() and _read(path) != data:
+            n += 1
+            path = self.segments / f"{seq:010d}.{n}.damaged"
+        return path
 
     def refetch(self, seq: int) -> Path:
         return self.segments / f"{seq:010d}.refetch.json"

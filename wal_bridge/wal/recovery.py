@@ -79,6 +79,7 @@ from wal_bridge.wal.salvage import (
     missing_from_seal,
     run_count,
     runs_to_json,
+    subtract_runs,
 )
 from wal_bridge.wal.segment import (
     OPEN,
@@ -145,12 +146,15 @@ class _Context:
     jobs: dict[int, RefetchJob]
     next_seq: int
 
-    def job_for(self, seq: int, need: Runs, reason: str, offset: int) -> RefetchJob:
+    def job_for(self, seq: int, need: Runs, reason: str, offset: int) -> RefetchJob | None:
         """The re-fetch job of segment ``seq``'s damaged offsets, made durable before the
-        segment is rewritten; the one an interrupted recovery made already is reused."""
+        segment is rewritten. Offsets a pending job of ``seq`` already asks for (one that an
+        interrupted recovery made) are not asked for again; None when nothing is left."""
         for job in self.jobs.values():
             if job.of_segment == seq:
-                return job
+                need = subtract_runs(need, job.need)
+        if not need:
+            return next((j for j in self.jobs.values() if j.of_segment == seq), None)
         job = RefetchJob(self.next_seq, seq, need, reason, offset, self.now_ms())
         self.next_seq += 1
         durable.write_atomic(self.layout.refetch(job.seq), json.dumps(job.to_json()).encode())
@@ -431,7 +435,8 @@ def _rewrite(ctx: _Context, seq: int, data: bytes, inv: Inventory, *, seal: Seal
     path = layout.segment(seq, SEALED)
     offset = inv.damaged[0][0] if inv.damaged else inv.size
     job = ctx.job_for(seq, need, what, offset) if need else None
-    durable.write_atomic(layout.damaged(seq), data)
+    kept_as = layout.free_damaged(seq, data)
+    durable.write_atomic(kept_as, data)
     kept_bytes = sum(k.end - k.offset for k in inv.kept)
     report.salvaged_bytes += kept_bytes
     report.damaged_bytes += sum(b - a for a, b in inv.damaged) + (
@@ -446,7 +451,7 @@ def _rewrite(ctx: _Context, seq: int, data: bytes, inv: Inventory, *, seal: Seal
     report.salvaged.append(entry)
     log.warning("segment_salvaged", **{k: v for k, v in entry.items() if k != "decision"},
                 decision="rewrite", records_to_refetch=run_count(need),
-                kept=str(layout.damaged(seq)))
+                kept=str(kept_as))
     if not inv.kept:
         path.unlink()
         durable.fsync_dir(layout.segments)

@@ -220,6 +220,24 @@ def missing_from_neighbours(inv: Inventory, data: bytes, before: Mapping[TopicPa
     return out
 
 
+def subtract_runs(runs: Runs, minus: Runs) -> Runs:
+    """The offsets of ``runs`` that ``minus`` does not hold, as runs."""
+    out: Runs = {}
+    for tp, items in runs.items():
+        cut = sorted(minus.get(tp, []))
+        for a, b in items:
+            pos = a
+            for c, d in cut:
+                if d < pos or c > b:
+                    continue
+                if c > pos:
+                    out.setdefault(tp, []).append((pos, c - 1))
+                pos = max(pos, d + 1)
+            if pos <= b:
+                out.setdefault(tp, []).append((pos, b))
+    return out
+
+
 def runs_to_ranges(runs: Runs) -> Ranges:
     """Runs as the ranges the WAL holds (first, last, and the count the runs span)."""
     out: Ranges = {}

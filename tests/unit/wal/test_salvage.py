@@ -267,3 +267,29 @@ def _segment_bytes() -> bytes:
     batches = [records_batch(first, 5) for first in (0, 5, 10)]
     seal = SealInfo(1, "bridge-a", "k", "d", 1, 15, {TP: Range(0, 14, 15)})
     return encode_sealed(1, 1, batches, seal)
+
+
+def test_a_second_damage_to_a_salvaged_segment_asks_for_its_own_offsets(tmp_path: Path) -> None:
+    """A salvaged segment damaged again before its re-fetch ran gets a second job for the
+    newly damaged offsets; the first job is kept, and no offset is asked for twice."""
+    root = tmp_path / "wal"
+    path = wal_of_two_segments(root, convert_first=False)
+    path.write_bytes(flip(1)(path.read_bytes()))  # offsets 5-9
+    Wal.open(root, keys=KEYS, batch_size=15, instance_id="bridge-a").close()
+    path.write_bytes(flip(1)(path.read_bytes()))  # the rewritten file's second frame: 10-14
+    wal = Wal.open(root, keys=KEYS, batch_size=15, instance_id="bridge-a")
+    assert sorted(run for j in wal.refetch_jobs() for run in j.need[TP]) == [(5, 9), (10, 14)]
+    assert [(s.seq, s.records) for s in wal.snapshot()] == [(1, 5), (2, 15)]
+    assert sorted(p.name for p in (root / "segments").glob("*.damaged")) == [
+        "0000000001.2.damaged", "0000000001.damaged"]
+    wal.close()
+
+
+def test_subtracting_runs_keeps_what_the_other_does_not_hold() -> None:
+    """Runs minus runs, per partition: the offsets left, as runs."""
+    from wal_bridge.wal.salvage import subtract_runs
+
+    assert subtract_runs({TP: [(0, 9), (20, 29)]}, {TP: [(3, 4), (8, 22)]}) == {
+        TP: [(0, 2), (5, 7), (23, 29)]}
+    assert subtract_runs({TP: [(0, 9)]}, {TP: [(0, 9)]}) == {}
+    assert subtract_runs({TP: [(0, 9)]}, {("other", 0): [(0, 9)]}) == {TP: [(0, 9)]}
