@@ -237,7 +237,16 @@ def ship(bridge: Any, seq: int) -> Outcome:
     if segment is None:
         return Outcome(seq, "ship", True, "already shipped")
     if not segment.converted:
-        if not bridge.sealer.convert(segment):
+        converted = bridge.sealer.convert(segment)
+        salvaged = next((s for s in bridge.wal.snapshot() if s.seq == seq), None)
+        if not converted and salvaged is not None and seq not in bridge.wal.quarantined():
+            # Damage found at conversion was salvaged (its offsets go to a re-fetch): convert
+            # what the segment now holds.
+            converted = bridge.sealer.convert(salvaged)
+        if not converted:
+            if salvaged is None and seq not in bridge.wal.quarantined():
+                return Outcome(seq, "convert", True, "damaged at conversion; every frame of it "
+                               "was damaged: its offsets are re-fetched from Kafka")
             quarantined = seq in bridge.wal.quarantined()
             return Outcome(seq, "convert", False, "quarantined at conversion: it no longer "
                            "decodes" if quarantined else "conversion failed (disk full?)")
@@ -268,9 +277,12 @@ def _targets(ids: tuple[str, ...]) -> set[int]:
 
 
 def _pending_plan(e: dict[str, Any]) -> str:
-    if e["damage"]:
+    if e["damage"] and e["state"] == "open":
         action = (f"damaged ({e['damage']['reason']}): opening the WAL quarantines it; "
                   "rebuild it with --quarantined")
+    elif e["damage"]:
+        action = (f"damaged ({e['damage']['reason']}): opening the WAL salvages it (frames "
+                  "that verify kept, the others re-fetched from Kafka), then convert, upload")
     elif e["state"] == "open":
         action = "seal (as at every start), convert, upload"
     elif e["state"] == "sealed":
@@ -322,9 +334,15 @@ def print_plan(settings: Settings, ids: set[int], *, everything: bool, quarantin
     quarantined = [q for q in report["quarantined"]
                    if everything or quarantined_only or q["segment"] in ids]
     lines += [_pending_plan(e) for e in pending]
+    if everything:
+        lines += [f"  {r['segment']:010d}  re-fetch  {r['records']:>7} offsets of damaged "
+                  f"segment {r['of_segment']} from Kafka: "
+                  + ", ".join(f"{x['topic']}[{x['partition']}] {x['first_offset']}-"
+                              f"{x['last_offset']}" for x in r["ranges"])
+                  for r in report["refetch"]]
     for q in quarantined:
         lines += _quarantined_plan(settings, q)
-    if not pending and not quarantined:
+    if not pending and not quarantined and not (everything and report["refetch"]):
         lines.append("  nothing to replay")
     click.echo("\n".join(lines))
 
