@@ -19,8 +19,9 @@ A provisioning or start-up failure fails the test (never a skip: CI must notice)
 - ``schema_registry``: ``.url`` (the Confluent-compatible API: SCHEMA_REGISTRY_URL, and the
   ``url`` of ``SchemaRegistryClient``), ``.managed``, ``.client()`` (a fresh
   ``confluent_kafka.schema_registry.SchemaRegistryClient``), and ``.stop()``, ``.start()``,
-  ``.kill()``, ``.restart()``, ``.alive()`` (schemas and ids survive a stop), which skip the
-  test when the registry is external. A registry a test left stopped is started after that test.
+  ``.kill()``, ``.restart()``, ``.pause()``, ``.resume()``, ``.alive()`` (schemas and ids
+  survive a stop), which skip the test when the registry is external. A registry a test left
+  stopped or paused is brought back after that test.
 - ``subject_prefix``: a fresh name to put in front of subjects (registry state is per session).
 - ``topic``: a fresh 3-partition topic; ``bucket``: a fresh bucket.
 
@@ -235,12 +236,22 @@ class SchemaRegistryHandle:
     def restart(self) -> None:
         self._lifecycle(self._registry.restart, "restart")
 
+    def pause(self) -> None:
+        """SIGSTOP the registry: it hangs with its port open, so requests time out."""
+        self._lifecycle(self._registry.pause, "pause")
+
+    def resume(self) -> None:
+        self._lifecycle(self._registry.resume, "resume")
+
     def alive(self) -> bool:
         return self._registry.alive()
 
     def heal(self) -> None:
-        """Start again a harness registry that a test left stopped."""
-        if self.managed and not self._registry.alive():
+        """Resume, or start again, a harness registry that a test left paused or stopped."""
+        if not self.managed:
+            return
+        self._registry.resume()
+        if not self._registry.alive():
             self._registry.start()
 
 

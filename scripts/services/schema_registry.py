@@ -107,6 +107,10 @@ class Registry(Protocol):
 
     def restart(self) -> None: ...
 
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
     def alive(self) -> bool: ...
 
     def close(self) -> None: ...
@@ -142,6 +146,12 @@ class ExternalRegistry:
 
     def restart(self) -> None:
         self._refuse("restart")
+
+    def pause(self) -> None:
+        self._refuse("pause")
+
+    def resume(self) -> None:
+        self._refuse("resume")
 
     def close(self) -> None:
         """Nothing to close: the harness did not start it."""
@@ -189,3 +199,10 @@ class ApicurioRegistry(LoopbackServer):
         """Stop and start again on the same port, with the same schemas and ids."""
         self.stop()
         self.start(timeout)
+
+    def pause(self) -> None:
+        """SIGSTOP: the registry hangs with its port open (requests time out, not refused)."""
+        self._process.pause()
+
+    def resume(self) -> None:
+        self._process.resume()

@@ -141,3 +141,28 @@ def test_registry_keeps_schemas_across_a_restart(
     schema_registry.start()
     fetched = schema_registry.client().get_schema(schema_id)
     assert json.loads(fetched.schema_str)["name"] == "Event"
+
+
+def test_a_paused_registry_times_requests_out_and_answers_after_resume(
+    schema_registry: SchemaRegistryHandle, subject_prefix: str
+) -> None:
+    """While paused (SIGSTOP) the registry accepts connections but never answers; resumed, it
+    serves the same schema."""
+    if not schema_registry.managed:
+        pytest.skip("the registry is named by the environment")
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    client = schema_registry.client()
+    schema_id = client.register_schema(
+        f"{subject_prefix}-pause-value", Schema(json.dumps(AVRO_SCHEMA), "AVRO")
+    )
+    schema_registry.pause()
+    try:
+        hung = SchemaRegistryClient({"url": schema_registry.url, "timeout": 2,
+                                     "max.retries": 0})
+        with pytest.raises(Exception) as raised:  # noqa: PT011 - the HTTP client's own type
+            hung.get_schema(schema_id)
+        assert "timeout" in type(raised.value).__name__.lower(), repr(raised.value)
+    finally:
+        schema_registry.resume()
+    assert json.loads(schema_registry.client().get_schema(schema_id).schema_str)["name"] == "Event"
