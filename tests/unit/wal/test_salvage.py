@@ -293,3 +293,31 @@ def test_subtracting_runs_keeps_what_the_other_does_not_hold() -> None:
         TP: [(0, 2), (5, 7), (23, 29)]}
     assert subtract_runs({TP: [(0, 9)]}, {TP: [(0, 9)]}) == {}
     assert subtract_runs({TP: [(0, 9)]}, {("other", 0): [(0, 9)]}) == {TP: [(0, 9)]}
+
+
+def test_damage_found_at_conversion_is_salvaged_like_at_recovery(tmp_path: Path) -> None:
+    """A sealed segment damaged while the bridge runs is salvaged when conversion finds it:
+    its verified frames convert and ship, its damaged offsets are re-fetched, and the bucket
+    ends with every record once; nothing is quarantined."""
+    root = tmp_path / "wal"
+    wal = Wal.open(root, keys=KEYS, batch_size=15, instance_id="bridge-a")
+    for first in range(0, TOPIC_END, 5):
+        wal.append(records_batch(first, 5))
+    path = root / "segments" / "0000000001.sealed"
+    path.write_bytes(flip(2)(path.read_bytes()))  # offsets 10-14, under the running WAL
+    kafka = Kafka()
+    bucket = tmp_path / "bucket"
+    sealer = Sealer(wal, Converter.open(1024, root, None))
+    uploader = Uploader(wal, LocalSink(Destination("file", str(bucket), "raw")),
+                        threading.Event(), initial_backoff=0.01, max_backoff=0.02)
+    refetcher = Refetcher(cast(Settings, None), wal, fetch=kafka.fetch, offsets=kafka.offsets)
+
+    assert not sealer.convert(wal.snapshot()[0])
+    assert [j.need for j in wal.refetch_jobs()] == [{TP: [(10, 14)]}]
+    assert sealer.metrics.value("wal_bridge_salvage_decisions_total",
+                                {"decision": "rewrite"}) == 1
+    drain(sealer, uploader, refetcher)
+
+    assert landed(bucket) == list(range(TOPIC_END))
+    assert wal.quarantined() == []
+    wal.close()
