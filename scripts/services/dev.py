@@ -92,7 +92,7 @@ def _show(services: list[Running]) -> bool:
         all_up = all_up and up
         state = "up" if up else "DOWN"
         print(
-            f"{labels[service.name]:<20} {service.address:<24} {state:<5} "
+            f"{labels[service.name]:<20} {service.address:<40} {state:<5} "
             f"pid {service.pid}  log {service.log}"
         )
     return all_up
