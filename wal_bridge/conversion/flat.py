@@ -45,9 +45,11 @@ from wal_bridge.schema import FieldType, PayloadSchema
 
 _TINY = pa.scalar(TINY, pa.float64())
 _NEWLINE, _EMPTY, _QUOTE = (pa.scalar(t, pa.string()) for t in ("\n", "", '"'))
-# An exponent of three digits or more (leading zeros count): the only way, short of a run of
-# 16 digits, for a JSON number's text to read as a double under the normal range.
-_BIG_EXPONENT = re.compile(rb"[eE][-+]?[0-9]{3}")
+# A number with an exponent of three digits or more (leading zeros count): the only way, short
+# of a run of 16 digits, for a JSON number's text to read as a double under the normal range.
+# A number follows ":", "," or "["; inside a string this only costs a false alarm (not a hex
+# id such as "827e761a", which follows a quote).
+_BIG_EXPONENT = re.compile(rb"[:,\[][ \t]*-?[0-9.]+[eE][-+]?[0-9]{3}")
 
 # What Arrow's reader is asked for per column type; timestamps are read as strings and parsed
 # by the same code as the general converter's, so both accept exactly the same texts.
