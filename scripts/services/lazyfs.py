@@ -121,8 +121,8 @@ class LazyFs:
         self._process = ServiceProcess(
             self.name,
             # The config path is given relative to the work directory: LazyFS's argument
-            # parser takes a path containing "-o" (any case: "/tmp/pytest-of-root/...") for
-            # an option and falls back to config/default.toml.
+            # parser takes a path containing "-o", in any case (pytest's "pytest-of-<user>"
+            # has one), for an option and falls back to config/default.toml.
             [str(binary), str(self.mountpoint), "--config-path", self.config.name,
              "-o", "allow_other", "-o", "modules=subdir", "-o", f"subdir={self.data}", "-f"],
             self.workdir / "lazyfs.out", detached=False, cwd=self.workdir,
