@@ -7,6 +7,7 @@ error's exit code (2 for configuration).
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -17,7 +18,19 @@ from wal_bridge.errors import WalBridgeError
 
 
 class Group(click.Group):
-    """Turn WalBridgeError into one line and its exit code, never a traceback."""
+    """Turn WalBridgeError into one line and its exit code, never a traceback; import a
+    command's module only when it is asked for (click's lazy-loading pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -32,10 +45,6 @@ class Group(click.Group):
 @click.version_option(None, "--version", package_name="wal-bridge", prog_name="wal_bridge")
 def main() -> None:
     """Durable bridge from Kafka to Parquet on Google Cloud Storage, through a write-ahead log."""
-
-
-for _command in COMMANDS:
-    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
