@@ -8,11 +8,13 @@ Records come in the Confluent wire format::
     bytes 5-     the payload (Protobuf: message indexes, then the message)
 
 Decoding uses ``confluent_kafka.schema_registry``: its ``SchemaRegistryClient`` (schemas by
-id, cached), its ProtobufDeserializer (the message descriptor built from the registered
-schema) and JSONDeserializer (decoded and validated against the writer's JSON Schema); Avro is
-read with the pieces its AvroDeserializer uses (the named-schema resolution, fastavro's
-schemaless reader), on the writer's schema with logical types removed, so a value BigQuery
-cannot hold is still read and kept (:mod:`wal_bridge.conversion.avro`).
+id, cached), its JSONDeserializer (decoded and validated against the writer's JSON Schema),
+and the pieces its ProtobufDeserializer and AvroDeserializer are made of: for Protobuf the wire
+header with its message indexes and the descriptor pool built from the registered schema (the
+deserializer's own ``__call__`` parses into the one class it was built with); for Avro the
+named-schema resolution and fastavro's schemaless reader, on the writer's schema with logical
+types removed, so a value BigQuery cannot hold is still read and kept
+(:mod:`wal_bridge.conversion.avro`).
 
 Errors: the registry not answering (refused connection, timeout, 5xx, 401/403) is a
 :class:`wal_bridge.errors.RegistryError` (the segment waits, nothing becomes a dead letter);
@@ -150,13 +152,11 @@ class Registry:
         """Where id ``sid`` is registered, for error messages: "subject s version 3[, ...]";
         what the registry does not say is left out."""
         try:
-            found = self._probe.get_subjects_by_schema_id(sid)  # subjects only, cached
             pairs = self._probe.get_schema_versions(sid)
         except Exception:  # noqa: BLE001 - only for a message: it must never fail the message
             return "subject and version unknown (the registry did not say)"
-        if pairs:
-            return ", ".join(f"subject {p.subject} version {p.version}" for p in pairs)
-        return ", ".join(f"subject {s}" for s in found) or "no subject"
+        return ", ".join(f"subject {p.subject} version {p.version}" for p in pairs) or (
+            "no subject")
 
 
 class Reader:
@@ -231,30 +231,66 @@ class AvroReader(Reader):
 
 
 class ProtobufReader(Reader):
+    """Protobuf through the ProtobufDeserializer's own pieces: the wire header with its
+    message indexes, the descriptor pool built from the registered schema (references
+    resolved), and the message type the indexes name. (Its ``__call__`` parses into the class
+    it was built with; the writer's message class is built here, per schema id.)"""
+
     def __init__(self, registry: Registry) -> None:
         super().__init__(registry)
         from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer
         from google.protobuf import empty_pb2
 
-        # The message type is a placeholder: with a registry client, the deserializer builds
-        # each record's message class from its writer's registered schema.
+        # The message type is a placeholder: only the deserializer's schema pieces are used.
         self._deserializer = ProtobufDeserializer(
             empty_pb2.Empty, {"use.deprecated.format": False},
             schema_registry_client=registry.client)
+        self._classes: dict[tuple[int, tuple[int, ...]], Any] = {}
         self._decode_lock = threading.Lock()
 
     def _load(self, sid: int) -> Writer:
         self.registry.schema(sid, fmt="serialized")  # cached in the client for the reader
         return Writer(sid, PROTOBUF)  # columns: from the first message's descriptor
 
-    def message(self, value: bytes) -> Any:
-        try:
-            with self._decode_lock:
-                return self._deserializer(value, None)
+    def _message_class(self, sid: int, indexes: tuple[int, ...]) -> Any:
+        from google.protobuf.message_factory import GetMessageClass
+
+        known = self._classes.get((sid, indexes))
+        if known is not None:
+            return known
+        schema = self.registry.schema(sid, fmt="serialized")
+        try:  # the deserializer's own (private) pieces: pinned by confluent-kafka's version
+            fd_proto, pool = self._deserializer._get_parsed_schema(schema)
+            file_descriptor = pool.FindFileByName(fd_proto.name)
+            descriptor = self._deserializer._get_message_desc(
+                pool, file_descriptor, list(indexes) or [0])
         except Exception as exc:
             if _talks_to_registry(exc):
-                raise _registry_error(exc, "schema of a Protobuf record") from exc
+                raise _registry_error(exc, f"references of schema id {sid}") from exc
+            raise NotDecodable(f"schema id {sid}, message {list(indexes)}: {exc}") from exc
+        made = self._classes[(sid, indexes)] = GetMessageClass(descriptor)
+        return made
+
+    def message(self, value: bytes) -> Any:
+        """The message of one wire-format value, of its writer's message type."""
+        from confluent_kafka.schema_registry.common.protobuf import PROTOBUF_TYPE
+        from confluent_kafka.schema_registry.serde import SchemaId
+
+        header = SchemaId(PROTOBUF_TYPE)
+        with self._decode_lock:
+            try:
+                payload = self._deserializer._schema_id_deserializer(
+                    value, None, header)
+            except Exception as exc:
+                raise NotDecodable(f"bad wire header: {exc}") from exc
+            assert header.id is not None
+            cls = self._message_class(header.id, tuple(header.message_indexes or ()))
+        message = cls()
+        try:
+            message.ParseFromString(payload.read())
+        except Exception as exc:
             raise NotDecodable(f"{type(exc).__name__}: {exc}") from exc
+        return message
 
     def columns_of(self, writer: Writer, message: Any) -> Writer:
         """``writer`` with the columns of the message descriptor its records decode to."""
@@ -269,13 +305,20 @@ class ProtobufReader(Reader):
         return protobuf.to_raw(self.message(value))
 
 
+def _no_subject(_ctx: Any, _record_name: Any) -> None:
+    """The deserializers' subject name strategy: none (read by the writer's schema id)."""
+
+
 class JsonSchemaReader(Reader):
     def __init__(self, registry: Registry) -> None:
         super().__init__(registry)
         from confluent_kafka.schema_registry.json_schema import JSONDeserializer
 
-        # No schema of ours: each record is validated against its writer's registered schema.
-        self._deserializer = JSONDeserializer(None, schema_registry_client=registry.client)
+        # No schema of ours, and no subject: each record is validated against its writer's
+        # registered schema, found by the record's id (never a subject's latest version).
+        self._deserializer = JSONDeserializer(
+            None, schema_registry_client=registry.client,
+            conf={"subject.name.strategy": _no_subject})
         self._decode_lock = threading.Lock()
 
     def _load(self, sid: int) -> Writer:
