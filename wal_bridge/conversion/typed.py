@@ -116,7 +116,7 @@ def decimal_of(scale: int, precision: int) -> Convert:
         unscaled = int.from_bytes(value, "big", signed=True)
         if len(str(abs(unscaled))) > precision:
             raise Spill(f"{unscaled} has more than {precision} digits")
-        return Decimal(unscaled).scaleb(-scale)
+        return Decimal(f"{unscaled}E-{scale}")  # parsed exactly, whatever the context
 
     return convert
 
