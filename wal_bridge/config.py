@@ -345,6 +345,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("key_format", "KEY_FORMAT", "How record keys are read: raw (only _kafka_key, the "
          "bytes), or avro, protobuf, json_schema, auto (also _kafka_key_decoded, JSON text).",
          _choice(*KEY_FORMATS), "raw"),
+    Spec("incompatible_schema", "INCOMPATIBLE_SCHEMA", "A writer's schema that changed a "
+         "column's type: wait (its records stay in the WAL until the operator decides) or "
+         "extra (those fields' values go to _extra, the column NULL).",
+         _choice("wait", "extra"), "wait"),
     Spec("schema_registry_url", "SCHEMA_REGISTRY_URL", "Schema registry base URL(s) "
          "(Confluent-compatible API), comma-separated.", _registry_url),
     Spec("schema_registry_user_info", "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "username:password "
@@ -405,6 +409,7 @@ class Settings:
     max_record_bytes: int = default("max_record_bytes")
     value_format: str = default("value_format")
     key_format: str = default("key_format")
+    incompatible_schema: str = default("incompatible_schema")
     schema_registry_url: str | None = None
     schema_registry_user_info: Secret | None = None
     schema_registry_ca_location: Path | None = None

@@ -109,7 +109,8 @@ def test_every_variable_is_covered_by_these_tests() -> None:
         "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_CERTIFICATE_LOCATION",
         "KAFKA_SSL_KEY_LOCATION", "KAFKA_SSL_KEY_PASSWORD",  # combinations, below
         # the registry's, in the two registry tests below
-        "VALUE_FORMAT", "KEY_FORMAT", "SCHEMA_REGISTRY_URL", "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+        "VALUE_FORMAT", "KEY_FORMAT", "INCOMPATIBLE_SCHEMA", "SCHEMA_REGISTRY_URL",
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
         "SCHEMA_REGISTRY_SSL_CA_LOCATION", "SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION",
         "SCHEMA_REGISTRY_SSL_KEY_LOCATION", "SCHEMA_REGISTRY_SSL_KEY_PASSWORD",
     }
@@ -231,6 +232,8 @@ def test_registry_formats_parse_and_build_the_client_config(key_file: str) -> No
                                "SCHEMA_REGISTRY_URL"),
     ({"KEY_FORMAT": "protobuf"}, "KEY_FORMAT=protobuf reads schemas from a registry"),
     ({"VALUE_FORMAT": "xml"}, "VALUE_FORMAT (--value-format)='xml': expected one of json, avro"),
+    ({"INCOMPATIBLE_SCHEMA": "drop"}, "INCOMPATIBLE_SCHEMA (--incompatible-schema)='drop': "
+                                      "expected one of wait, extra"),
     ({"SCHEMA_REGISTRY_URL": "localhost:8081"}, "SCHEMA_REGISTRY_URL (--schema-registry-url)="),
     ({"SCHEMA_REGISTRY_URL": "http://u:p@h:1"}, "not in the URL"),
     ({"SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "secretonly"},

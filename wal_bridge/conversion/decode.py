@@ -87,9 +87,11 @@ class Decoding:
     """The registry formats' conversion, shared by the conversion threads (it holds the
     registry client and the readers, each with its own cache and lock)."""
 
-    def __init__(self, registry: Registry, value_format: str) -> None:
+    def __init__(self, registry: Registry, value_format: str, *,
+                 incompatible: str = "wait") -> None:
         self.registry = registry
         self.value_format = value_format
+        self.incompatible = incompatible  # INCOMPATIBLE_SCHEMA: wait, or extra
         self._readers: dict[str, Reader] = {}
 
     @classmethod
@@ -98,7 +100,8 @@ class Decoding:
         nothing of the registry's libraries is imported)."""
         if settings.value_format == "json":
             return None
-        return cls(Registry(settings.registry_config()), settings.value_format)
+        return cls(Registry(settings.registry_config()), settings.value_format,
+                   incompatible=settings.incompatible_schema)
 
     def reader(self, kind: str) -> Reader:
         reader = self._readers.get(kind)
@@ -246,13 +249,17 @@ class Decoding:
     def _plan(self, writer: Writer, schema: PayloadSchema | None) -> typed.Plan:
         assert schema is not None
         try:
-            return typed.Plan.of(writer.columns, schema)
+            plan = typed.Plan.of(writer.columns, schema, incompatible=self.incompatible)
         except typed.Incompatible as exc:
             where = self.registry.versions(writer.id)
             raise SchemaEvolutionError(
                 f"schema id {writer.id} ({where}) is incompatible with the table's schema: "
                 f"{exc}. Its records wait in the WAL, unconverted; see docs/operations.md, "
                 "\"Schema registry: an incompatible change\"", schema_id=writer.id) from None
+        if plan.changed:  # INCOMPATIBLE_SCHEMA=extra: one line per segment and schema id
+            log.warning("schema_incompatible_to_extra", schema_id=writer.id,
+                        fields=plan.changed)
+        return plan
 
 
 __all__ = ["AVRO", "JSON_SCHEMA", "PROTOBUF", "Decoding"]

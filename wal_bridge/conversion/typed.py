@@ -276,9 +276,14 @@ class Plan:
     fills: list[tuple[str, Convert] | None] = field(default_factory=list)
     extra: dict[str, Convert] = field(default_factory=dict)  # name -> its form in _extra
     partial: set[str] = field(default_factory=set)  # also in _extra, whole
+    changed: list[str] = field(default_factory=list)  # type changed: in _extra (extra mode)
 
     @classmethod
-    def of(cls, columns: Sequence[Column], table: PayloadSchema) -> Plan:
+    def of(cls, columns: Sequence[Column], table: PayloadSchema, *,
+           incompatible: str = "wait") -> Plan:
+        """The plan of a writer's ``columns`` against ``table``. A field whose type differs
+        from its column's raises Incompatible, or with ``incompatible="extra"``
+        (INCOMPATIBLE_SCHEMA=extra) goes to ``_extra``, its column NULL."""
         kept, spilled = top_level(columns)
         plan = cls(table, extra={c.field.name: c.extra_form or identity for c in spilled})
         by_name = {c.field.name.lower(): c for c in kept}
@@ -289,7 +294,16 @@ class Plan:
                 plan.fills.append(None)
                 continue
             used.add(writer.field.name)
-            if not _fits(writer.field, column, column.name):
+            try:
+                complete = _fits(writer.field, column, column.name)
+            except Incompatible:
+                if incompatible != "extra":
+                    raise
+                plan.fills.append(None)
+                plan.extra[writer.field.name] = writer.extra_form or identity
+                plan.changed.append(writer.field.name)
+                continue
+            if not complete:
                 plan.partial.add(writer.field.name)
             plan.fills.append((writer.field.name, writer.convert))
         plan.extra.update({c.field.name: c.extra_form or identity for c in kept

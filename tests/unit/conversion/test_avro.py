@@ -212,3 +212,15 @@ def test_physical_drops_only_logical_types() -> None:
     schema = {"type": "record", "name": "R", "fields": [{"name": "at", "type": TS}]}
     assert avro.physical(schema)["fields"][0]["type"] == {"type": "long"}
     assert schema["fields"][0]["type"] == TS  # the caller's schema is untouched
+
+
+def test_incompatible_fields_go_to_extra_when_the_operator_says_so() -> None:
+    """With INCOMPATIBLE_SCHEMA=extra a changed field's column is NULL and its value is kept
+    in _extra; the other fields fill their columns."""
+    _, _, table = _decode(V1, {"id": 1, "gone": "g", "inner": {"a": 1}})
+    v3 = {**V1, "fields": [{"name": "id", "type": "string"}, *V1["fields"][1:]]}
+    plan = typed.Plan.of(avro.columns(fastavro.parse_schema(v3)), table, incompatible="extra")
+    values, extra = plan.row({"id": "s1", "gone": "g", "inner": {"a": 2}})
+    assert plan.changed == ["id"]
+    assert values == [None, "g", {"a": 2}]
+    assert json.loads(extra or "") == {"id": "s1"}
