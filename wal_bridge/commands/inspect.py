@@ -342,7 +342,8 @@ def render(report: dict[str, Any]) -> str:
             ranges = ", ".join(_range_text(r) for r in q["ranges"]) or "unknown"
             qrows.append([f"{q['segment']:010d}", q["file"] or "-", q["readable_records"],
                           human_age(q["age_s"]), ranges,
-                          f"at byte {q['byte_offset']}: {q['reason']}"])
+                          q["reason"] if q["byte_offset"] is None
+                          else f"at byte {q['byte_offset']}: {q['reason']}"])
         out.append(table(["SEGMENT", "FILE", "READABLE", "AGE", "OFFSETS", "REASON"], qrows,
                          right=(2, 3)))
     if report["replayed"]:
