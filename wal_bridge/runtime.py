@@ -96,6 +96,21 @@ def oldest_age_s(segments: Iterable[Segment], now_s: float) -> float:
     return max(0.0, now_s - oldest / 1000) if oldest is not None else 0.0
 
 
+def process_age_ms() -> float | None:
+    """Milliseconds since this process started (exec included), from Linux's ``/proc``
+    (``starttime``, field 22 of ``/proc/self/stat``, in clock ticks since boot, against
+    ``/proc/uptime``; proc(5)); None where there is no such file. Resolution: one clock tick
+    (10 ms)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            # The command name (field 2) may hold spaces: fields count from after its ")".
+            started_ticks = int(stat.read().rpartition(")")[2].split()[19])
+            up_s = float(uptime.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round((up_s - started_ticks / os.sysconf("SC_CLK_TCK")) * 1000, 1)
+
+
 @dataclass
 class StageLoop:
     """Run ``step`` until ``halt`` is set; sleep ``idle`` seconds when it found nothing to do."""
@@ -227,20 +242,15 @@ class Bridge:
             scanned_bytes=recovery.scanned_bytes,
             recovery_ms=round(recovery.duration_s * 1000, 1),
         )
-        self._check_sink()
-        self._agree_on_schema()
-        stages = [
-            *(StageLoop(f"sealer-{n}", self.sealer.step, self.halt, self._on_fatal)
-              for n in range(1, CONVERT_WORKERS + 1)),
-            StageLoop("uploader", self.uploader.step, self.halt, self._on_fatal),
-            StageLoop("refetch", self.refetcher.step, self.halt, self._on_fatal, idle=1.0),
-        ]
-        for stage in stages:
-            stage.start()
         server = self._serve_metrics()
+        stages: list[StageLoop] = []
+        starter = threading.Thread(target=self._start_stages, args=(stages,), name="start",
+                                   daemon=True)
+        starter.start()
         consumer = self.consumer = BridgeConsumer(self.settings, self.wal, self.metrics)
         try:
             consumer.subscribe()
+            log.info("consuming_started", startup_ms=process_age_ms())
             while not self.stop.is_set():
                 consumer.step()
             if self.fatal is None:
@@ -249,7 +259,8 @@ class Bridge:
             self._on_fatal(exc)
         finally:
             self.halt.set()
-            for stage in stages:
+            starter.join(10.0)
+            for stage in list(stages):
                 stage.join(10.0)
             if self.fatal is None:
                 consumer.commit_all()
@@ -263,6 +274,31 @@ class Bridge:
             raise WalBridgeError(str(self.fatal)) from self.fatal
         log.info("bridge_stopped", left_in_wal=len(self.wal.snapshot()))
         return 0
+
+    def _start_stages(self, stages: list[StageLoop]) -> None:
+        """Check the destination, agree on the table's schema, then start the sealer, uploader
+        and re-fetch loops (appended to ``stages``): on a thread of its own, so that the
+        consumer's first poll waits for none of it (the storage client's imports alone take a
+        third of a second). Records consumed meanwhile wait in the WAL, durable. A permanent
+        failure (a missing bucket, a SCHEMA_FILE that differs from the destination's) stops
+        the bridge as before, with the error's exit code; nothing is shipped before the
+        checks pass."""
+        try:
+            self._check_sink()
+            self._agree_on_schema()
+        except WalBridgeError as exc:
+            self._on_fatal(exc)
+            return
+        if self.halt.is_set():
+            return
+        for stage in (
+            *(StageLoop(f"sealer-{n}", self.sealer.step, self.halt, self._on_fatal)
+              for n in range(1, CONVERT_WORKERS + 1)),
+            StageLoop("uploader", self.uploader.step, self.halt, self._on_fatal),
+            StageLoop("refetch", self.refetcher.step, self.halt, self._on_fatal, idle=1.0),
+        ):
+            stages.append(stage)
+            stage.start()
 
     def _serve_metrics(self) -> MetricsServer | None:
         """/metrics, /healthz and /readyz on METRICS_PORT (0: off)."""

@@ -21,13 +21,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import google.auth
-from google.api_core import exceptions as gexc
-from google.auth import exceptions as auth_exc
-from google.auth.credentials import AnonymousCredentials, Credentials
-from google.cloud import storage
+from typing import TYPE_CHECKING, Any
 
 from wal_bridge.config import SPECS_BY_NAME, Destination
 from wal_bridge.errors import (
@@ -38,6 +32,14 @@ from wal_bridge.errors import (
     SinkError,
 )
 from wal_bridge.sink import ObjectInfo, PutResult, check_range, file_crc32c
+
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
+    from google.cloud import storage
+
+# google-cloud-storage and google-auth (a third of a second of imports) are imported where they
+# are first used, not with this module: ``wal_bridge run`` polls Kafka before the storage client
+# exists, and the uploader thread builds it.
 
 TIMEOUT = (10.0, 120.0)  # (connect, read) seconds per request
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -64,6 +66,8 @@ def classify(exc: BaseException, what: str) -> SinkError:
     can mean nothing but the bucket: a listing or an upload (a read's 404 is told apart first,
     in :meth:`GcsSink._download`). ``what`` starts the message (``"uploading gs://b/k"``).
     """
+    from google.auth import exceptions as auth_exc
+
     status = _status(exc)
     if isinstance(exc, auth_exc.RefreshError) and not getattr(exc, "retryable", False):
         return SinkError(f"{what}: credentials were refused ({exc}); check "
@@ -118,6 +122,8 @@ def load_credentials(path: Path | None) -> tuple[Credentials, str | None]:
     cannot load the file; ``google.auth.exceptions.DefaultCredentialsError`` when ``path`` is
     None and no ambient credentials exist.
     """
+    import google.auth
+
     if path is None:
         credentials, project = google.auth.default()
         return credentials, project
@@ -180,6 +186,9 @@ class GcsSink:
         return self._client
 
     def _make_client(self) -> storage.Client:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
         if self._emulator:
             return storage.Client(
                 project="wal-bridge",
@@ -221,6 +230,8 @@ class GcsSink:
     def put(self, key: str, path: Path) -> PutResult:
         """One create-only upload (``if_generation_match=0``) with a CRC32C check of the
         transfer; on 412, compare with the object there. See :meth:`wal_bridge.sink.Sink.put`."""
+        from google.api_core import exceptions as gexc
+
         blob = self._bucket().blob(key)
         what = f"uploading {self._url(key)}"
         try:
