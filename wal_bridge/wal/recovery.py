@@ -63,7 +63,6 @@ from typing import TYPE_CHECKING, Any
 from wal_bridge import durable
 from wal_bridge.errors import CorruptionError
 from wal_bridge.logs import get_logger
-from wal_bridge.parquet import converted_seal
 from wal_bridge.wal.codec import SEGMENT_HEADER_SIZE, DecodeError
 from wal_bridge.wal.layout import WalLayout
 from wal_bridge.wal.outbox import Outbox
@@ -351,6 +350,10 @@ def _ship_converted(ctx: _Context, seq: int, data: bytes, seal: SealInfo | None,
     ships them, whatever happened to the segment file; incomplete or disagreeing files are
     removed (the segment is converted again). None when the files do not ship."""
     layout = ctx.layout
+    # Here only, not with the module: Parquet's reader (pyarrow.compute among its imports) is
+    # not needed before the first poll unless a segment was damaged.
+    from wal_bridge.parquet import converted_seal
+
     footer = converted_seal(layout.parquet(seq), layout.dead_letters(seq), seq)
     agrees = footer is not None and (seal is None or (
         seal.records == footer.records and seal.ranges == footer.ranges
