@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow as pa
 
 from wal_bridge.parquet import DEAD_LETTER_SCHEMA, data_schema
-from wal_bridge.schema import FieldType, PayloadSchema
+from wal_bridge.schema import KEY, KEY_DECODED, FieldType, PayloadSchema
 
 DESCRIPTIONS = {
     "_extra": "JSON object of the fields without a column and of values that did not fit theirs",
@@ -45,6 +45,7 @@ DESCRIPTIONS = {
     "_kafka_timestamp": "the broker's timestamp; NULL when none, or outside TIMESTAMP's range",
     "_kafka_timestamp_ms": "the broker's timestamp in Unix ms when _kafka_timestamp cannot hold it",
     "_kafka_key": "the record's key",
+    "_kafka_key_decoded": "the key decoded by its writer's schema (KEY_FORMAT), as JSON text",
     "_kafka_headers": "the record's headers",
     "_ingested_at": "when the bridge sealed the record's segment",
     "_value": "the record's value, byte for byte",
@@ -99,12 +100,17 @@ def bigquery_schema(schema: pa.Schema, descriptions: dict[str, str] | None = Non
     return [_column(f, described.get(f.name)) for f in schema]
 
 
-def table_schema(payload: PayloadSchema | None) -> list[dict[str, Any]]:
+def table_schema(payload: PayloadSchema | None, *,
+                 decoded_key: bool = False) -> list[dict[str, Any]]:
     """The data files' columns (payload, ``_extra``, identity) as a BigQuery table schema;
-    ``json`` payload columns are STRING holding JSON text, and say so."""
+    ``json`` payload columns are STRING holding JSON text, and say so. ``decoded_key``
+    (KEY_FORMAT other than raw) adds ``_kafka_key_decoded`` after ``_kafka_key``."""
     notes = {**DESCRIPTIONS, **{f.name: "JSON text" for f in (payload.fields if payload else ())
                                 if f.type is FieldType.JSON}}
-    return bigquery_schema(data_schema(payload), notes)
+    schema = data_schema(payload)
+    if decoded_key:
+        schema = schema.insert(schema.get_field_index(KEY) + 1, pa.field(KEY_DECODED, pa.string()))
+    return bigquery_schema(schema, notes)
 
 
 def dead_letter_schema() -> list[dict[str, Any]]:

@@ -169,7 +169,7 @@ class Bridge:
         )
         self.metrics = Metrics()  # a registry per bridge: tests run several in one process
         decoding = None
-        if settings.value_format != "json":  # import the registry's libraries only then
+        if settings.uses_registry:  # import the registry's libraries only then
             from wal_bridge.conversion.decode import Decoding
 
             decoding = Decoding.open(settings)

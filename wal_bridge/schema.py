@@ -57,6 +57,9 @@ OFFSET = "_kafka_offset"
 KAFKA_TIMESTAMP = "_kafka_timestamp"
 KAFKA_TIMESTAMP_MS = "_kafka_timestamp_ms"
 KEY = "_kafka_key"
+# KEY_FORMAT other than raw: the key decoded by its writer's schema, as JSON text, right after
+# _kafka_key (which keeps the bytes).
+KEY_DECODED = "_kafka_key_decoded"
 HEADERS = "_kafka_headers"
 INGESTED_AT = "_ingested_at"
 METADATA_COLUMNS = (
@@ -68,7 +71,8 @@ DEAD_LETTER_COLUMNS = ("_value", "_reason", "_detail")
 # The hive partition key of the external table (``raw/dt=YYYY-MM-DD/``): a column of that name
 # in the files would clash with it in BigQuery.
 PARTITION_KEY = "dt"
-RESERVED = frozenset(n.lower() for n in (*METADATA_COLUMNS, EXTRA_COLUMN, PARTITION_KEY))
+RESERVED = frozenset(n.lower() for n in (*METADATA_COLUMNS, KEY_DECODED, EXTRA_COLUMN,
+                                         PARTITION_KEY))
 # Column names BigQuery refuses, case-insensitive: those starting with these prefixes. Source:
 # BigQuery, "Specify a schema", section "Column names" (cloud.google.com/bigquery/docs/schemas).
 BIGQUERY_PREFIXES = ("_partition", "_table_", "_file_", "_row_timestamp", "__root__",

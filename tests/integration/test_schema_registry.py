@@ -68,10 +68,11 @@ def order(i: int, version: int = 1) -> dict[str, Any]:
 
 
 def _bridge(kafka: KafkaHandle, gcs: GcsHandle, registry: SchemaRegistryHandle, topic: str,
-            bucket: str, tmp_path: Path, value_format: str) -> BridgeProcess:
+            bucket: str, tmp_path: Path, value_format: str,
+            key_format: str = "raw") -> BridgeProcess:
     env = bridge_env(bootstrap=kafka.bootstrap, topic=topic, destination=f"gs://{bucket}/raw",
                      wal_dir=tmp_path / "wal", emulator=gcs.url, VALUE_FORMAT=value_format,
-                     SCHEMA_REGISTRY_URL=registry.url, BATCH_SIZE="200")
+                     KEY_FORMAT=key_format, SCHEMA_REGISTRY_URL=registry.url, BATCH_SIZE="200")
     return BridgeProcess(env, tmp_path / "bridge.log")
 
 
@@ -108,7 +109,8 @@ def test_avro_lands_typed_evolves_and_dead_letters_bad_input(
     bucket: str, tmp_path: Path,
 ) -> None:
     """Avro records of two compatible versions land once each in one typed table schema (the
-    removed field NULL, the added one in _extra); bad input is a dead letter with its reason."""
+    removed field NULL, the added one in _extra), with their Avro keys decoded; bad input is a
+    dead letter with its reason."""
     client = schema_registry.client()
     first = _avro_payloads(client, topic, V1, [order(i) for i in range(300)])
     second = _avro_payloads(client, topic, V2, [order(i, 2) for i in range(300, 500)])
@@ -116,8 +118,12 @@ def test_avro_lands_typed_evolves_and_dead_letters_bad_input(
     assert v1_id != v2_id
     bad = [b'{"id": 1}', b"\x00\x7f\xff\xff\xf0" + first[0][5:], first[0][:5] + b"\xff\xff"]
     values = [*first, *bad, *second]
-    produce(kafka.bootstrap, topic, values)
-    bridge = _bridge(kafka, gcs, schema_registry, topic, bucket, tmp_path, "avro").start()
+    key_serializer = AvroSerializer(client, '"string"')
+    key_context = SerializationContext(topic, MessageField.KEY)
+    keys = [key_serializer(f"k{i}", key_context) if i % 5 else b"plain" for i in range(503)]
+    produce(kafka.bootstrap, topic, values, key=keys.__getitem__)
+    bridge = _bridge(kafka, gcs, schema_registry, topic, bucket, tmp_path, "avro",
+                     key_format="avro").start()
     rows = _one_row_each(_landed(gcs, bucket, "raw/", 500, bridge), 500)
     dead = _landed(gcs, bucket, "dead-letter/", 3, bridge)
     bridge.terminate()
@@ -139,6 +145,9 @@ def test_avro_lands_typed_evolves_and_dead_letters_bad_input(
     assert later["legacy"] is None  # removed in version 2: a NULL column
     assert json.loads(later["_extra"]) == {"channel": "app"}  # added: where JSON puts new keys
     assert later["amount"] == Decimal("102.50")
+    # KEY_FORMAT=avro: the decoded key as JSON text, the bytes kept; no wire format: NULL.
+    assert (by_id[11]["_kafka_key_decoded"], by_id[11]["_kafka_key"]) == ('"k11"', keys[11])
+    assert (by_id[5]["_kafka_key_decoded"], by_id[5]["_kafka_key"]) == (None, b"plain")
 
 
 def test_incompatible_version_waits_in_the_wal_until_the_operator_decides(

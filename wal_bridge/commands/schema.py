@@ -56,7 +56,8 @@ def find_schema(settings: Settings) -> tuple[PayloadSchema, str]:
 
 
 @click.command("schema")
-@settings_options(specs("destination", "wal_dir", "schema_file", *STORAGE, *LOGGING))
+@settings_options(specs("destination", "wal_dir", "schema_file", "key_format",
+                         "schema_registry_url", *STORAGE, *LOGGING))
 @click.option("--format", "output", type=click.Choice(["bigquery", "wal-bridge"]),
               default="bigquery", show_default=True,
               help="bigquery: the external table's schema (every column, as bq and Terraform "
@@ -76,7 +77,9 @@ def schema(output: str, dead_letter: bool, path: Path | None, **values: Any) -> 
         text, source = bigquery.to_json(bigquery.dead_letter_schema()), "fixed"
     else:
         payload, source = find_schema(settings)
-        text = (bigquery.to_json(bigquery.table_schema(payload)) if output == "bigquery"
+        decoded_key = settings.key_format != "raw"
+        text = (bigquery.to_json(bigquery.table_schema(payload, decoded_key=decoded_key))
+                if output == "bigquery"
                 else payload.to_json().decode())
     if path is None:
         click.echo(text, nl=False)

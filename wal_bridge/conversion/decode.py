@@ -25,7 +25,7 @@ dead letter of a record because the registry was away.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -38,6 +38,7 @@ from wal_bridge.conversion.registry import (
     JSON_SCHEMA,
     PROTOBUF,
     READERS,
+    AvroReader,
     NotDecodable,
     ProtobufReader,
     Reader,
@@ -50,7 +51,7 @@ from wal_bridge.conversion.registry import (
 from wal_bridge.conversion.screen import Reason, Rejects
 from wal_bridge.errors import SchemaEvolutionError
 from wal_bridge.logs import get_logger
-from wal_bridge.schema import PayloadSchema
+from wal_bridge.schema import KEY, KEY_DECODED, PayloadSchema
 
 if TYPE_CHECKING:
     from wal_bridge.config import Settings
@@ -87,21 +88,63 @@ class Decoding:
     """The registry formats' conversion, shared by the conversion threads (it holds the
     registry client and the readers, each with its own cache and lock)."""
 
-    def __init__(self, registry: Registry, value_format: str, *,
+    def __init__(self, registry: Registry, value_format: str, *, key_format: str = "raw",
                  incompatible: str = "wait") -> None:
         self.registry = registry
         self.value_format = value_format
+        self.key_format = key_format
         self.incompatible = incompatible  # INCOMPATIBLE_SCHEMA: wait, or extra
         self._readers: dict[str, Reader] = {}
 
     @classmethod
     def open(cls, settings: Settings) -> Decoding | None:
-        """The service's decoding when VALUE_FORMAT is a registry format, else None (and
-        nothing of the registry's libraries is imported)."""
-        if settings.value_format == "json":
+        """The service's decoding when VALUE_FORMAT or KEY_FORMAT is a registry format, else
+        None (and nothing of the registry's libraries is imported)."""
+        if not settings.uses_registry:
             return None
         return cls(Registry(settings.registry_config()), settings.value_format,
-                   incompatible=settings.incompatible_schema)
+                   key_format=settings.key_format, incompatible=settings.incompatible_schema)
+
+    # ------------------------------------------------------------------------- keys
+
+    def with_keys(self, data: pa.Table) -> pa.Table:
+        """``data`` with ``_kafka_key_decoded`` after ``_kafka_key``: each key decoded by its
+        writer's schema, as JSON text; NULL for no key, and for a key that is not the wire
+        format, has an id the registry does not know or of another type than KEY_FORMAT, or
+        does not decode (``_kafka_key`` keeps its bytes either way). Raises RegistryError."""
+        keys = data.column(KEY).to_pylist()
+        seen: dict[bytes, str | None] = {}
+        decoded: list[str | None] = []
+        for key in keys:
+            if key is None:
+                decoded.append(None)
+                continue
+            if key not in seen:
+                seen[key] = self._key(key)
+            decoded.append(seen[key])
+        return data.add_column(data.schema.get_field_index(KEY) + 1,
+                               pa.field(KEY_DECODED, pa.string()),
+                               pa.array(decoded, pa.string()))
+
+    def _key(self, key: bytes) -> str | None:
+        sid = schema_id(key)
+        if sid is None:
+            return None
+        found = self._writer(sid, FORMAT_TYPES.get(self.key_format))
+        if not isinstance(found, Writer):
+            return None
+        reader = self.reader(found.type)
+        try:
+            value = reader.decode(found, key)
+        except NotDecodable:
+            return None
+        if isinstance(reader, AvroReader) and not reader.is_record(found.id):
+            value = value["value"]  # a plain Avro key (a string, a long) as itself
+        try:
+            return (json_text(value).decode() if found.type == JSON_SCHEMA
+                    else typed.dumps(value))
+        except ValueError:  # NaN or Infinity in a JSON Schema key: no JSON text holds them
+            return typed.dumps(value)
 
     def reader(self, kind: str) -> Reader:
         reader = self._readers.get(kind)
@@ -112,9 +155,19 @@ class Decoding:
     # ------------------------------------------------------------------------- the segment
 
     def convert(self, converter: Converter, table: pa.Table, seal: SealInfo) -> Converted:
-        """The two tables of one segment (``table`` in the WAL's BATCH_SCHEMA, one chunk).
-        Raises RegistryError (try again later), SchemaEvolutionError (an incompatible
-        writer's schema: the operator decides), or what pinning the schema raises."""
+        """The two tables of one segment (``table`` in the WAL's BATCH_SCHEMA, one chunk),
+        with decoded keys when KEY_FORMAT says so. Raises RegistryError (try again later),
+        SchemaEvolutionError (an incompatible writer's schema: the operator decides), or what
+        pinning the schema raises."""
+        if self.value_format == "json":
+            converted = converter.convert_json(table, table.column("_value"), Rejects(), seal)
+        else:
+            converted = self._values(converter, table, seal)
+        if self.key_format == "raw":
+            return converted
+        return replace(converted, data=self.with_keys(converted.data))
+
+    def _values(self, converter: Converter, table: pa.Table, seal: SealInfo) -> Converted:
         values: list[bytes | None] = table.column("_value").to_pylist()
         rejects = Rejects()
         writers = self._writers(values, converter.max_record_bytes, rejects)

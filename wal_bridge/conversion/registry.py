@@ -219,6 +219,11 @@ class AvroReader(Reader):
             self._records[sid] = avro.is_record(parsed)
         return Writer(sid, AVRO, tuple(avro.columns(parsed)))
 
+    def is_record(self, sid: int) -> bool:
+        """Whether schema id ``sid`` (loaded) is a record: else :meth:`decode` gives its
+        value as ``{"value": ...}``."""
+        return self._records[sid]
+
     def decode(self, writer: Writer, value: bytes) -> Any:
         from fastavro import schemaless_reader
 

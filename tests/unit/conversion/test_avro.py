@@ -224,3 +224,12 @@ def test_incompatible_fields_go_to_extra_when_the_operator_says_so() -> None:
     assert plan.changed == ["id"]
     assert values == [None, "g", {"a": 2}]
     assert json.loads(extra or "") == {"id": "s1"}
+
+
+def test_decoded_keys_have_their_column_after_the_raw_key() -> None:
+    """With KEY_FORMAT set, the BigQuery schema has _kafka_key_decoded right after _kafka_key,
+    and a payload field of that name is no column."""
+    names = [c["name"] for c in table_schema(PayloadSchema((Field("id", FieldType.INT64),)),
+                                             decoded_key=True)]
+    assert names[names.index("_kafka_key") + 1] == "_kafka_key_decoded"
+    assert typed.first_schema(_columns({"name": "_kafka_key_decoded", "type": "long"})).names == ()
