@@ -71,7 +71,10 @@ def readiness(status: BridgeStatus) -> Health:
     if status.disk_full:
         reasons.append("disk full: cannot convert sealed segments")
     if status.schema_blocked:
-        reasons.append(status.schema_blocked if status.schema_blocked.startswith("schema id")
+        # The registry's own errors (an incompatible writer's schema, refused credentials)
+        # say what they are; others are the destination refusing the table's schema.
+        own = status.schema_blocked.startswith(("schema id", "schema registry"))
+        reasons.append(status.schema_blocked if own
                        else f"cannot store the table's schema: {status.schema_blocked}")
     if status.stuck:
         reasons.append(f"{len(status.stuck)} segment(s) stuck in the outbox: "
