@@ -41,3 +41,37 @@ def records_batch(first: int, count: int) -> pa.RecordBatch:
         ["events"] * count, [0] * count, offsets, [1_700_000_000_000] * count,
         [None] * count, [json.dumps({"n": o}).encode() for o in offsets], [None] * count,
     ).to_arrow()
+
+
+class FakeRegistry:
+    """The schema registry as :class:`wal_bridge.conversion.registry.Registry` offers it, from
+    a dict of schema id -> ``confluent_kafka.schema_registry.Schema``; ``down`` makes every
+    lookup fail as an unreachable registry does (a transient RegistryError)."""
+
+    url = "http://registry.invalid"
+    client = None  # no references are resolved through it
+
+    def __init__(self, schemas: dict[int, object]) -> None:
+        self.schemas = schemas
+        self.down = False
+        self.calls = 0
+
+    def _get(self, sid: int) -> object:
+        from wal_bridge.conversion.registry import UnknownSchema
+        from wal_bridge.errors import RegistryError
+
+        self.calls += 1
+        if self.down:
+            raise RegistryError("schema registry: ConnectError (injected)", transient=True)
+        if sid not in self.schemas:
+            raise UnknownSchema(f"schema id {sid}")
+        return self.schemas[sid]
+
+    def type_of(self, sid: int) -> str:
+        return (getattr(self._get(sid), "schema_type", None) or "AVRO").upper()
+
+    def schema(self, sid: int, fmt: str | None = None) -> object:
+        return self._get(sid)
+
+    def versions(self, sid: int) -> str:
+        return f"subject events-value version {sid}"
