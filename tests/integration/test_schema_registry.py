@@ -293,3 +293,30 @@ def test_json_schema_feeds_the_json_path_and_auto_reads_each_id(
     assert (by_id[10]["page"], by_id[10]["ms"]) == ("/p1", 15.0)
     assert [(d["_reason"], d["_value"]) for d in dead] == [("format_mismatch", stray)]
     assert pa.types.is_int64(pa.array([by_id[1]["id"]]).type)
+
+
+def test_a_new_version_met_while_the_registry_is_down_waits_for_it(
+    kafka: KafkaHandle, gcs: GcsHandle, schema_registry: SchemaRegistryHandle, topic: str,
+    bucket: str, tmp_path: Path,
+) -> None:
+    """The registry stopped mid-run: records of a schema id the bridge has not fetched yet wait
+    (no dead letter, nothing shipped wrong) and land once each when it is back."""
+    client = schema_registry.client()
+    first = _avro_payloads(client, topic, V1, [order(i) for i in range(100)])
+    second = _avro_payloads(client, topic, V2, [order(i, 2) for i in range(100, 250)])
+    bridge = _bridge(kafka, gcs, schema_registry, topic, bucket, tmp_path, "avro").start()
+    produce(kafka.bootstrap, topic, first)
+    _landed(gcs, bucket, "raw/", 100, bridge)
+    schema_registry.stop()
+    produce(kafka.bootstrap, topic, second)
+    wait_for(lambda: "registry_retrying" in bridge.log(), 60, "conversion waiting",
+             on_timeout=lambda: bridge.log()[-4000:])
+    assert read_gcs(gcs.client(), bucket, "raw/").rows == 100
+    schema_registry.start()
+    rows = _one_row_each(_landed(gcs, bucket, "raw/", 250, bridge), 250)
+    bridge.terminate()
+    assert read_gcs(gcs.client(), bucket, "dead-letter/").rows == 0
+    by_id = {r["id"]: r for r in rows.values()}
+    assert sorted(by_id) == list(range(250))
+    assert json.loads(by_id[200]["_extra"]) == {"channel": "app"}
+    assert by_id[200]["placed_at"] == dt.datetime(2026, 1, 1, 0, 3, 20, tzinfo=UTC)
