@@ -176,6 +176,9 @@ class Reader:
             known = self._load(sid)
             with self._lock:
                 self._writers[sid] = known
+            # One line per schema id and process: the registry's schemas in use, for people.
+            log.info("registry_schema_loaded", schema_id=sid, type=known.type,
+                     columns=len(known.columns) or None)
         return known
 
     def _load(self, sid: int) -> Writer:
