@@ -145,10 +145,10 @@ def suspects(text: pa.StringArray, outputs: list[pa.Array],
 
 
 def long_digits(text: pa.StringArray) -> bool:
-    """Might any value of ``text`` hold 16 digits (or points) in a row? One pass over its
-    bytes (a false alarm costs one regex pass)."""
-    data = text.buffers()[2]
-    return data is not None and _RUN in data.to_pybytes().translate(_DIGITS_AS_D)
+    """Might any value of ``text`` hold 16 digits (or points) in a row? One pass of Arrow's
+    regex engine (a false alarm costs one more regex pass), which, unlike a pass in Python,
+    lets the other threads run meanwhile."""
+    return bool(len(text)) and pc.any(pc.match_substring_regex(text, LONG_DIGITS)).as_py() is True
 
 
 def long_member(names: list[str]) -> str:
@@ -180,8 +180,6 @@ def _or(found: pa.Array | None, more: pa.Array) -> pa.Array:
     return more if found is None else pc.or_(found, more)
 
 
-_DIGITS_AS_D = bytes.maketrans(b"0123456789.d", b"dddddddddddx")
-_RUN = b"d" * 16
 _NUMBER_STARTS = bytes.maketrans(b"-0123456789:,[", b"00000000000:::")
 _TINY = pa.scalar(TINY, pa.float64())
 
