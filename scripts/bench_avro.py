@@ -14,7 +14,6 @@ have: ``ts_ms`` a ``timestamp-millis``, the rest plain Avro types.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from scripts import services
 from scripts.bench_events import event
+from scripts.bench_produce import produce_backlog
 from scripts.services import schema_registry as registry_service
 
 AVRO_SCHEMA: dict[str, Any] = {
@@ -97,7 +97,7 @@ def encoder(registry_url: str, topic: str) -> tuple[int, Callable[[int], bytes]]
 
 def prepare(stack: ExitStack, workdir: Path, *, bootstrap: str, topic: str, events: int,
             partitions: int, wanted: bool, say: Callable[[str], None],
-            progress: Any) -> tuple[str | None, dict[str, Any] | None]:
+            progress: Any, compression: str = "none") -> tuple[str | None, dict[str, Any] | None]:
     """For the ``bridge-avro`` contender (``wanted``): start (or find) the registry, create
     ``topic`` and produce the Avro backlog into it. Returns the registry's URL and what
     :func:`produce` returned, or ``(None, None)`` when not wanted."""
@@ -109,7 +109,7 @@ def prepare(stack: ExitStack, workdir: Path, *, bootstrap: str, topic: str, even
     kafka_service.create_topic(bootstrap, topic, partitions)
     say(f"producing the same {events:,} events Avro-encoded into {topic}")
     produced = produce(bootstrap, topic, events, partitions, registry_url=registry_url,
-                       progress=progress)
+                       progress=progress, compression=compression)
     say(f"produced in {produced['duration_s']} s ({produced['records_per_s']:,} records/s)")
     return registry_url, produced
 
@@ -117,46 +117,11 @@ def prepare(stack: ExitStack, workdir: Path, *, bootstrap: str, topic: str, even
 def produce(bootstrap: str, topic: str, events: int, partitions: int, *, registry_url: str,
             progress: Any, compression: str = "none") -> dict[str, Any]:
     """Produce events ``0..events-1`` Avro-encoded, round-robin over the partitions, like the
-    JSON backlog; ``progress`` is the benchmark's ``Progress``. Returns what was produced:
-    counts, bytes, rate, the subject and the schema id. Raises RuntimeError when the broker
-    did not acknowledge every event or the topic holds another number of records."""
-    from confluent_kafka import Consumer, Producer, TopicPartition
-
+    JSON backlog (:func:`scripts.bench_produce.produce_backlog`); ``progress`` is the
+    benchmark's ``Progress``. Returns what was produced: counts, bytes, rate, the subject and
+    the schema id. Raises RuntimeError as produce_backlog does."""
     schema_id, value_of = encoder(registry_url, topic)
-    producer = Producer({
-        "bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 20,
-        "batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000,
-        "queue.buffering.max.kbytes": 1_048_576, "compression.type": compression,
-    })
-    started = time.monotonic()
-    payload_bytes = 0
-    for i in range(events):
-        value = value_of(i)
-        payload_bytes += len(value)
-        while True:
-            try:
-                producer.produce(topic, value, partition=i % partitions)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        if i % 20_000 == 0:
-            producer.poll(0)
-            progress.update(i)
-    left = producer.flush(300)
-    elapsed = time.monotonic() - started
-    progress.update(events, force=True)
-    progress.close()
-    if left:
-        raise RuntimeError(f"{left} Avro events were not acknowledged by the broker")
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-watermarks"})
-    try:
-        ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-                for p in range(partitions)]
-    finally:
-        consumer.close()
-    if sum(ends) != events:
-        raise RuntimeError(f"the Avro topic holds {sum(ends)} records, expected {events}")
-    return {"topic": topic, "subject": f"{topic}-value", "schema_id": schema_id,
-            "events": events, "payload_bytes": payload_bytes,
-            "mean_event_bytes": round(payload_bytes / events, 1),
-            "duration_s": round(elapsed, 2), "records_per_s": round(events / elapsed)}
+    produced = produce_backlog(bootstrap, topic, events, partitions, value_of=value_of,
+                               progress=progress, compression=compression)
+    return {"topic": topic, "subject": f"{topic}-value", "schema_id": schema_id, **produced}
+
