@@ -5,13 +5,15 @@ are durable (COMMIT_POLICY=wal) or shipped (COMMIT_POLICY=upload). On assignment
 seeks past what the WAL holds or has shipped, so a restart does not duplicate; on revocation it
 commits synchronously before letting go. ``group.instance.id`` is the instance's identity (kept
 in WAL_DIR), so an instance restarted after ``kill -9`` gets its partitions back at once.
+Backpressure pauses the partitions while the WAL is over WAL_MAX_BYTES, the disk is full, or
+another stage holds consuming back (``hold``: conversion waiting for the schema registry).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
@@ -148,7 +150,17 @@ def columns_of(messages: Sequence[Any]) -> RecordColumns:
 
 
 class BridgeConsumer:
-    def __init__(self, settings: Settings, wal: Wal, metrics: Metrics | None = None) -> None:
+    """Kafka into the WAL: poll, append with one fsync per batch, commit what is durable.
+
+    ``hold`` is asked after every step for a reason to stop consuming that another stage
+    knows of (the runtime passes the sealer's: conversion blocked on a schema registry that
+    does not answer); while it returns a reason the partitions are paused as for a full WAL,
+    and they resume once it returns None and the WAL is under its cap. Records polled before
+    the pause are still appended and committed: a polled record is never let go.
+    """
+
+    def __init__(self, settings: Settings, wal: Wal, metrics: Metrics | None = None,
+                 hold: Callable[[], str | None] | None = None) -> None:
         self.settings = settings
         self.wal = wal
         self.policy = settings.commit_policy
@@ -167,6 +179,8 @@ class BridgeConsumer:
         self._pending: Any = None  # a polled batch that could not be appended (disk full)
         self._paused = False
         self.pause_reason: str | None = None
+        self._over_cap = False  # the WAL passed WAL_MAX_BYTES and is not yet well under it
+        self._hold = hold
         self._limited = RateLimited()
         self._last_policy_commit = 0.0
         self.metrics = metrics or Metrics()
@@ -426,13 +440,20 @@ class BridgeConsumer:
     # ----------------------------------------------------------------------------- pausing
 
     def _update_backpressure(self) -> None:
-        size = self.wal.total_bytes()
-        cap = self.settings.wal_max_bytes
+        """Pause or resume after a step: a batch pending for a full disk keeps the pause it
+        made; otherwise the WAL over its cap (with hysteresis, :func:`should_pause`) pauses,
+        then a reason from ``hold``; with neither, a paused consumer resumes."""
         if self._pending is not None:
             return  # paused for a full disk; resumes once the pending batch is durable
-        if should_pause(size, cap, paused=self._paused):
-            if size > cap:
+        size = self.wal.total_bytes()
+        cap = self.settings.wal_max_bytes
+        self._over_cap = should_pause(size, cap, paused=self._over_cap)
+        held = self._hold() if self._hold is not None else None
+        if self._over_cap:
+            if size > cap or not self._paused:
                 self._pause(f"WAL holds {size} bytes, over WAL_MAX_BYTES={cap}")
+        elif held is not None:
+            self._pause(held)
         elif self._paused:
             self._resume()
 

@@ -15,9 +15,10 @@ import errno
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wal_bridge import durable
-from wal_bridge.conversion import Converter, SchemaUndecided
+from wal_bridge.conversion import Converted, Converter, SchemaUndecided
 from wal_bridge.errors import (
     CorruptionError,
     DiskFullError,
@@ -30,6 +31,9 @@ from wal_bridge.metrics import Metrics
 from wal_bridge.parquet import footer_metadata, write_parquet
 from wal_bridge.wal.log import Wal
 from wal_bridge.wal.segment import Segment, read_sealed
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = get_logger("wal_bridge.sealer")
 
@@ -49,6 +53,9 @@ class Sealer:
         # is written): conversion waits, with a capped doubling delay, while records keep
         # going into the WAL. ``schema_blocked`` holds a permanent error for readiness.
         self.schema_blocked: str | None = None
+        # Conversion waits for a schema registry that does not answer: why, for the consumer,
+        # which pauses while this is set (registry_hold); cleared once the registry answers.
+        self.registry_down: str | None = None
         self._schema_wait = 0.0
         self._schema_retry_at = 0.0
         # Segments whose records gave no column while no schema was in force: converted once
@@ -96,21 +103,8 @@ class Sealer:
         except CorruptionError as exc:
             self.metrics.count_salvage(self.wal.salvage_sealed(exc))
             return False
-        try:
-            converted = self.converter.convert(batches, segment.seal)
-        except SinkError as exc:  # only the schema store reaches the destination here
-            self._wait_for_destination(segment, exc)
-            return False
-        except SchemaUndecided:  # logged there; converted once a schema is in force
-            self._undecided.add(segment.seq)
-            return False
-        except (RegistryError, SchemaEvolutionError) as exc:
-            # The schema registry did not answer (nothing is lost), or a writer's schema is
-            # incompatible with the table's (the operator decides): the segment waits.
-            transient = isinstance(exc, RegistryError) and exc.transient
-            self._wait(segment, str(exc), transient=transient,
-                       event="registry_retrying" if isinstance(exc, RegistryError)
-                       else "schema_incompatible")
+        converted = self._convert_or_wait(segment, batches)
+        if converted is None:
             return False
         self._undecided.discard(segment.seq)
         self.schema_blocked, self._schema_wait = None, 0.0
@@ -143,20 +137,68 @@ class Sealer:
         )
         return True
 
+    def _convert_or_wait(self, segment: Segment, batches: list[pa.RecordBatch],
+                         ) -> Converted | None:
+        """The segment's rows and dead letters, or None when it must wait: for the schema
+        registry (which also holds consuming back: registry_hold), the destination storing
+        the table's schema, a schema to decide its columns, or the operator (an incompatible
+        writer's schema)."""
+        assert segment.seal is not None
+        try:
+            converted = self.converter.convert(batches, segment.seal)
+        except RegistryError as exc:
+            # The schema registry did not answer (nothing is lost): the segment waits, and
+            # consuming pauses until it answers.
+            self.registry_down = registry_pause_reason(exc)
+            self._wait(segment, str(exc), transient=exc.transient, event="registry_retrying")
+            return None
+        except SinkError as exc:  # only the schema store reaches the destination here
+            self.registry_down = None
+            self._wait_for_destination(segment, exc)
+            return None
+        except SchemaUndecided:  # logged there; converted once a schema is in force
+            self.registry_down = None
+            self._undecided.add(segment.seq)
+            return None
+        except SchemaEvolutionError as exc:
+            # A writer's schema is incompatible with the table's (the operator decides): the
+            # segment waits; the registry answered, so consuming goes on (to WAL_MAX_BYTES).
+            self.registry_down = None
+            self._wait(segment, str(exc), transient=False, event="schema_incompatible")
+            return None
+        self.registry_down = None
+        return converted
+
+    def registry_hold(self) -> str | None:
+        """Why consuming should pause for conversion (the consumer's ``hold``): the schema
+        registry did not answer at the last conversion; None once it answers again."""
+        return self.registry_down
+
     def _wait_for_destination(self, segment: Segment, exc: SinkError) -> None:
         """The table's schema could not be stored: try again after a capped doubling delay
         (1 s to SCHEMA_RETRY_MAX s); a permanent error also makes the bridge unready."""
         self._wait(segment, str(exc), transient=exc.transient, event="schema_store_retrying")
 
     def _wait(self, segment: Segment, error: str, *, transient: bool, event: str) -> None:
-        """Conversion waits (its segments stay in the WAL, consuming goes on until
-        WAL_MAX_BYTES pauses it) and tries again after a capped doubling delay (1 s to
-        SCHEMA_RETRY_MAX s): the destination could not store the table's schema, the schema
-        registry did not answer, or a writer's schema is incompatible with the table's. What
-        needs an operator also makes the bridge unready."""
+        """Conversion waits (its segments stay in the WAL; consuming goes on until
+        WAL_MAX_BYTES pauses it, or pauses at once for the registry: registry_hold) and tries
+        again after a capped doubling delay (1 s to SCHEMA_RETRY_MAX s): the destination
+        could not store the table's schema, the schema registry did not answer, or a writer's
+        schema is incompatible with the table's. What needs an operator also makes the bridge
+        unready."""
         self._schema_wait = min(max(self._schema_wait * 2, 1.0), SCHEMA_RETRY_MAX)
         self._schema_retry_at = time.monotonic() + self._schema_wait
         self.schema_blocked = None if transient else error
         # One line per attempt: the doubling delay already bounds them (one per 30 s at most).
         log.warning(event, segment=segment.seq, error=error, transient=transient,
                     retry_in_s=self._schema_wait)
+
+
+def registry_pause_reason(exc: RegistryError) -> str:
+    """The consumer's pause reason for a registry that did not answer: ``schema registry
+    unreachable: <what failed>`` (a timeout, a refused connection, a 5xx), or ``schema
+    registry refused the bridge: <what failed>`` (HTTP 401 or 403: the credentials)."""
+    detail = str(exc).removeprefix("schema registry: ")
+    if exc.transient:
+        return f"schema registry unreachable: {detail}"
+    return f"schema registry refused the bridge: {detail}"

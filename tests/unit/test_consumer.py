@@ -1,5 +1,6 @@
-"""The consumer's logic that needs no broker: client settings, statistics, lag, backpressure,
-and the columns of a polled batch (built from the client library's own Message objects)."""
+"""The consumer's logic that needs no broker: client settings, statistics, lag, backpressure
+(the WAL's cap and a hold from another stage), and the columns of a polled batch (built from
+the client library's own Message objects)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Message
 
-from wal_bridge.config import Secret, Settings
+from wal_bridge.config import Destination, Secret, Settings
 from wal_bridge.consumer import (
     RESUME_FRACTION,
+    BridgeConsumer,
     columns_of,
     consumer_config,
     high_watermarks_from_stats,
@@ -19,6 +21,8 @@ from wal_bridge.consumer import (
     should_pause,
     stray_partitions,
 )
+from wal_bridge.wal.codec import RecordColumns
+from wal_bridge.wal.log import Wal
 
 
 def test_watermarks_come_from_the_statistics_of_assigned_partitions() -> None:
@@ -129,3 +133,33 @@ def test_partitions_of_topics_not_configured_are_stray() -> None:
     assert stray_partitions(assigned, ("t2",)) == [("t1", 0), ("t1", 2), ("t2-old", 1)]
     assert stray_partitions(assigned, ("t1", "t2", "t2-old")) == []
     assert stray_partitions([], ("t2",)) == []
+
+
+def test_a_hold_from_another_stage_pauses_consuming_until_it_lifts(tmp_path: Path) -> None:
+    """While ``hold`` gives a reason (the sealer's: the schema registry does not answer) the
+    consumer is paused with that reason; a WAL over its cap takes precedence; once both are
+    gone it resumes (the real client, never connected: no broker is needed to pause)."""
+    reason: list[str | None] = ["schema registry unreachable: schema id 2: ConnectError"]
+    settings = Settings(bootstrap_servers="127.0.0.1:1", group_id="g1", wal_max_bytes=4096)
+    wal = Wal.open(tmp_path / "wal", keys=Destination("gs", "bucket", "raw"), batch_size=50)
+    consumer = BridgeConsumer(settings, wal, hold=lambda: reason[0])
+    try:
+        consumer.step(timeout=0.01)
+        assert consumer.paused
+        assert consumer.pause_reason == reason[0]
+        wal.append(RecordColumns(["events"] * 40, [0] * 40, list(range(40)), [1] * 40,
+                                 [None] * 40, [b"x" * 200] * 40, [None] * 40).to_arrow())
+        consumer.step(timeout=0.01)
+        assert str(consumer.pause_reason).startswith("WAL holds")
+        reason[0] = None
+        consumer.step(timeout=0.01)
+        assert consumer.paused  # the WAL is still over its cap
+        wal.close()
+        wal = Wal.open(tmp_path / "wal2", keys=Destination("gs", "bucket", "raw"), batch_size=50)
+        consumer.wal = wal
+        consumer.step(timeout=0.01)
+        assert not consumer.paused
+        assert consumer.pause_reason is None
+    finally:
+        consumer.close()
+        wal.close()

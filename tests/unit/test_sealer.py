@@ -1,7 +1,10 @@
-"""The sealer with several conversion threads: each segment is converted once, by one thread."""
+"""The sealer: with several conversion threads each segment is converted once, by one thread;
+conversion waits for the destination or the schema registry, and says when consuming should
+pause for the registry."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from collections import Counter
@@ -12,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.fakes import FailingSink
+from tests.fakes import FailingSink, FakeRegistry
 from wal_bridge.config import Destination
 from wal_bridge.conversion import Converted, Converter
 from wal_bridge.schema import SchemaStore, SharedSchema
@@ -123,3 +126,57 @@ def test_a_segment_without_columns_waits_for_one_that_decides_the_schema(
     first = pq.read_table(wal.parquet_path(1))
     assert first.column_names[:3] == ["n", "name", "_extra"]
     assert first.column("_kafka_offset").to_pylist() == [0, 1, 2]
+
+
+def test_a_registry_that_does_not_answer_holds_consuming_until_it_does(tmp_path: Path) -> None:
+    """A segment whose schema cannot be fetched waits (no Parquet, no dead letter) and the
+    sealer's registry_hold names the registry as unreachable, the consumer's pause reason;
+    once the registry answers the segment converts and the hold lifts."""
+    import fastavro
+    from confluent_kafka.schema_registry import Schema
+
+    from wal_bridge.conversion.decode import Decoding
+
+    schema = {"type": "record", "name": "E", "fields": [{"name": "id", "type": "long"}]}
+    values = []
+    for i in range(5):
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, fastavro.parse_schema(schema), {"id": i})
+        values.append(b"\x00\x00\x00\x00\x01" + out.getvalue())
+    root = tmp_path / "wal"
+    wal = Wal.open(root, keys=Destination("gs", "bucket", "raw"), batch_size=5)
+    wal.append(RecordColumns(["events"] * 5, [0] * 5, list(range(5)), [1_700_000_000_000] * 5,
+                             [None] * 5, values, [None] * 5).to_arrow())
+    registry = FakeRegistry({1: Schema(json.dumps(schema), "AVRO")})
+    registry.down = True
+    converter = Converter(schema=SchemaStore.open(root),
+                          decoding=Decoding(registry, "avro"))  # type: ignore[arg-type]
+    sealer = Sealer(wal, converter)
+    assert sealer.registry_hold() is None
+    sealer.step()
+    assert str(sealer.registry_hold()).startswith("schema registry unreachable: ")
+    assert "ConnectError" in str(sealer.registry_hold())
+    assert sealer.schema_blocked is None  # transient: the bridge stays ready for it
+    assert [s.converted for s in wal.to_convert()] == [False]
+    registry.down = False
+    sealer._schema_retry_at = 0.0  # the delay has passed
+    sealer.step()
+    assert sealer.registry_hold() is None
+    assert wal.to_convert() == []
+    assert pq.read_table(wal.parquet_path(1)).column("id").to_pylist() == list(range(5))
+    wal.close()
+
+
+@pytest.mark.parametrize(("transient", "expected"), [
+    (True, "schema registry unreachable: schema id 7: ConnectError: refused"),
+    (False, "schema registry refused the bridge: schema id 7: ConnectError: refused"),
+], ids=["transient", "credentials"])
+def test_the_pause_reason_says_whether_the_registry_was_away_or_refused(
+        transient: bool, expected: str) -> None:
+    """The consumer's pause reason names the registry once, then what failed."""
+    from wal_bridge.errors import RegistryError
+    from wal_bridge.sealer import registry_pause_reason
+
+    error = RegistryError("schema registry: schema id 7: ConnectError: refused",
+                          transient=transient)
+    assert registry_pause_reason(error) == expected
