@@ -149,8 +149,24 @@ resource "google_bigquery_table" "events" {
       require_partition_filter = var.require_partition_filter
     }
 
+    # Decimals from a registry's writer schema land as Parquet DECIMAL(p, s): NUMERIC-sized
+    # ones (p - s <= 29, s <= 9) and wider ones up to BIGNUMERIC (p - s <= 38, s <= 38); a
+    # decimal wider than that gets no column (its text is in _extra). BigQuery picks, in the
+    # order NUMERIC, BIGNUMERIC, STRING, the first listed type that holds the column's
+    # precision and scale; the order written here is ignored, and the default for Parquet is
+    # NUMERIC alone, which cannot hold the wider columns (ExternalDataConfiguration.
+    # decimalTargetTypes, https://cloud.google.com/bigquery/docs/reference/rest/v2/tables).
+    # STRING is left out on purpose: it would be picked only for a DECIMAL wider than
+    # BIGNUMERIC, which the bridge never writes, and would then silently make the column text.
+    decimal_target_types = ["NUMERIC", "BIGNUMERIC"]
+
     parquet_options {
-      enum_as_string        = true
+      # Parquet ENUM as STRING, not BYTES (the bridge writes enums as plain strings anyway).
+      enum_as_string = true
+      # A Parquet LIST (arrays, maps, _kafka_headers) reads as a REPEATED field of its
+      # elements, not as a RECORD holding a repeated "list" of "element" records
+      # (ParquetOptions.enableListInference; "List logical type" in
+      # https://cloud.google.com/bigquery/docs/loading-data-cloud-storage-parquet).
       enable_list_inference = true
     }
   }

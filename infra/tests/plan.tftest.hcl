@@ -89,6 +89,19 @@ run "defaults" {
   }
 
   assert {
+    condition     = google_bigquery_table.events[0].external_data_configuration[0].decimal_target_types == toset(["NUMERIC", "BIGNUMERIC"])
+    error_message = "Decimals must read as NUMERIC, or BIGNUMERIC when wider (the default for Parquet is NUMERIC alone); never STRING, which would silently make a column text."
+  }
+
+  assert {
+    condition = (
+      google_bigquery_table.events[0].external_data_configuration[0].parquet_options[0].enable_list_inference == true
+      && google_bigquery_table.events[0].external_data_configuration[0].parquet_options[0].enum_as_string == true
+    )
+    error_message = "A Parquet LIST must read as a REPEATED field (list inference), and a Parquet ENUM as STRING."
+  }
+
+  assert {
     condition     = google_bigquery_table.events[0].deletion_protection == false && google_bigquery_table.events_dedup[0].deletion_protection == false
     error_message = "The table and the view hold only metadata: deletion protection is off by default, so terraform apply -replace works."
   }
