@@ -7,6 +7,7 @@ restarts are real, and read back what landed with google-cloud-storage or from a
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -107,6 +108,20 @@ class BridgeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log lines with ``"event": name``, of every run, in order."""
+        out = []
+        for line in self.log().splitlines():
+            if f'"{name}"' not in line or not line.startswith("{"):
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") == name:
+                out.append(entry)
+        return out
 
     def stop(self) -> None:
         if self.alive():

@@ -186,6 +186,13 @@ class Bridge:
         self.consumer: BridgeConsumer | None = None
         self.metrics.watch(self.status, readiness)
 
+    def _conversion_hold(self) -> str | None:
+        """Why the consumer should pause for conversion (its ``hold``, asked after every
+        step): the sealer's :meth:`~wal_bridge.sealer.Sealer.registry_hold`, a schema
+        registry that does not answer. The consumer is handed this callable, so it knows
+        nothing of the sealer."""
+        return self.sealer.registry_hold()
+
     def status(self) -> BridgeStatus:
         """What the stages report now (safe from any thread: each read is of a copy)."""
         segments = self.wal.snapshot()
@@ -250,7 +257,8 @@ class Bridge:
         starter = threading.Thread(target=self._start_stages, args=(stages,), name="start",
                                    daemon=True)
         starter.start()
-        consumer = self.consumer = BridgeConsumer(self.settings, self.wal, self.metrics)
+        consumer = self.consumer = BridgeConsumer(self.settings, self.wal, self.metrics,
+                                                  hold=self._conversion_hold)
         try:
             consumer.subscribe()
             log.info("consuming_started", startup_ms=process_age_ms())

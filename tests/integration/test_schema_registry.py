@@ -300,10 +300,12 @@ def test_a_new_version_met_while_the_registry_is_down_waits_for_it(
     bucket: str, tmp_path: Path,
 ) -> None:
     """The registry stopped mid-run: records of a schema id the bridge has not fetched yet wait
-    (no dead letter, nothing shipped wrong) and land once each when it is back."""
+    (no dead letter, nothing shipped wrong), consuming pauses (records produced meanwhile stay
+    in Kafka) and resumes when it is back, and every record lands once."""
     client = schema_registry.client()
     first = _avro_payloads(client, topic, V1, [order(i) for i in range(100)])
     second = _avro_payloads(client, topic, V2, [order(i, 2) for i in range(100, 250)])
+    third = _avro_payloads(client, topic, V2, [order(i, 2) for i in range(250, 400)])
     bridge = _bridge(kafka, gcs, schema_registry, topic, bucket, tmp_path, "avro").start()
     produce(kafka.bootstrap, topic, first)
     _landed(gcs, bucket, "raw/", 100, bridge)
@@ -311,12 +313,22 @@ def test_a_new_version_met_while_the_registry_is_down_waits_for_it(
     produce(kafka.bootstrap, topic, second)
     wait_for(lambda: "registry_retrying" in bridge.log(), 60, "conversion waiting",
              on_timeout=lambda: bridge.log()[-4000:])
+    paused = wait_for(lambda: bridge.events("consumer_paused"), 30, "consumer_paused",
+                      on_timeout=lambda: bridge.log()[-4000:])
+    assert paused[0]["reason"].startswith("schema registry unreachable: "), paused[0]
     assert read_gcs(gcs.client(), bucket, "raw/").rows == 100
+    produce(kafka.bootstrap, topic, third)
+    time.sleep(4)  # two BATCH_TIMEOUTs: a consumer still reading would seal them now
+    assert not bridge.events("consumer_resumed")
+    sealed = sum(e["records"] for e in bridge.events("segment_sealed"))
+    assert sealed <= 250, f"{sealed} records sealed while paused (the third batch was read)"
     schema_registry.start()
-    rows = _one_row_each(_landed(gcs, bucket, "raw/", 250, bridge), 250)
+    rows = _one_row_each(_landed(gcs, bucket, "raw/", 400, bridge), 400)
     bridge.terminate()
+    assert bridge.events("consumer_resumed")
     assert read_gcs(gcs.client(), bucket, "dead-letter/").rows == 0
     by_id = {r["id"]: r for r in rows.values()}
-    assert sorted(by_id) == list(range(250))
+    assert sorted(by_id) == list(range(400))
     assert json.loads(by_id[200]["_extra"]) == {"channel": "app"}
     assert by_id[200]["placed_at"] == dt.datetime(2026, 1, 1, 0, 3, 20, tzinfo=UTC)
+    assert json.loads(by_id[399]["_extra"]) == {"channel": "app"}
