@@ -29,6 +29,9 @@ def test_an_assigned_bridge_with_nothing_wrong_is_ready() -> None:
     (BridgeStatus(), "no partition assignment yet"),
     (BridgeStatus(rebalanced=True, paused=True, pause_reason="disk full: ENOSPC"),
      "consumer paused: disk full: ENOSPC"),
+    (BridgeStatus(rebalanced=True, paused=True,
+                  pause_reason="schema registry unreachable: schema id 7: ConnectError"),
+     "consumer paused: schema registry unreachable: schema id 7: ConnectError"),
     (BridgeStatus(rebalanced=True, disk_full=True), "disk full: cannot convert"),
     (BridgeStatus(rebalanced=True, schema_blocked="HTTP 403: no permission"),
      "cannot store the table's schema: HTTP 403: no permission"),
@@ -38,8 +41,8 @@ def test_an_assigned_bridge_with_nothing_wrong_is_ready() -> None:
      "fatal error: fsync failed"),
 ])
 def test_readiness_says_why_it_is_not_ready(status: BridgeStatus, reason: str) -> None:
-    """Not assigned, paused, a full disk, a stuck segment, a shutdown or a fatal error each
-    make /readyz fail, with the reason as its body shows it."""
+    """Not assigned, paused (a full disk, a registry away), a full disk, a stuck segment, a
+    shutdown or a fatal error each make /readyz fail, with the reason as its body shows it."""
     health = readiness(status)
     assert not health.ready
     assert any(reason in r for r in health.reasons), health.reasons
