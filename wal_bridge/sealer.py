@@ -171,8 +171,13 @@ class Sealer:
 
     def registry_hold(self) -> str | None:
         """Why consuming should pause for conversion (the consumer's ``hold``): the schema
-        registry did not answer at the last conversion; None once it answers again."""
-        return self.registry_down
+        registry did not answer at the last conversion; None once it answers again, or once
+        no sealed segment waits for conversion (one set aside as damaged, say), so that a
+        pause never outlives the work it waits for."""
+        reason = self.registry_down
+        if reason is not None and not self.wal.to_convert():
+            return None
+        return reason
 
     def _wait_for_destination(self, segment: Segment, exc: SinkError) -> None:
         """The table's schema could not be stored: try again after a capped doubling delay

@@ -167,6 +167,18 @@ def test_a_registry_that_does_not_answer_holds_consuming_until_it_does(tmp_path:
     wal.close()
 
 
+def test_the_registry_hold_ends_when_nothing_waits_for_conversion(tmp_path: Path) -> None:
+    """A registry failure remembered while no sealed segment waits (the one that failed was set
+    aside, say) holds nothing back: the consumer is never paused for work that is gone."""
+    wal = Wal.open(tmp_path / "wal", keys=Destination("gs", "bucket", "raw"), batch_size=5)
+    sealer = Sealer(wal, Converter(schema=SchemaStore.open(tmp_path / "wal")))
+    sealer.registry_down = "schema registry unreachable: schema id 1: ConnectError"
+    assert sealer.registry_hold() is None
+    wal.append(batch(0, 5))
+    assert sealer.registry_hold() == sealer.registry_down
+    wal.close()
+
+
 @pytest.mark.parametrize(("transient", "expected"), [
     (True, "schema registry unreachable: schema id 7: ConnectError: refused"),
     (False, "schema registry refused the bridge: schema id 7: ConnectError: refused"),
