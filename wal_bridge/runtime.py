@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from wal_bridge.config import Settings, describe
 from wal_bridge.consumer import BridgeConsumer
-from wal_bridge.conversion import Converter
 from wal_bridge.errors import (
     ConfigError,
     DiskFullError,
@@ -36,13 +36,14 @@ from wal_bridge.errors import (
 from wal_bridge.failpoints import Failpoints
 from wal_bridge.logs import RateLimited, get_logger
 from wal_bridge.metrics import BridgeStatus, Health, Metrics, MetricsServer
-from wal_bridge.refetch import Refetcher
-from wal_bridge.schema import SharedSchema
-from wal_bridge.sealer import Sealer
 from wal_bridge.sink import Sink, open_sink
-from wal_bridge.uploader import Uploader
 from wal_bridge.wal.log import Wal
 from wal_bridge.wal.segment import Segment
+
+if TYPE_CHECKING:  # built by Bridge.pipeline(), off the way of the first poll
+    from wal_bridge.refetch import Refetcher
+    from wal_bridge.sealer import Sealer
+    from wal_bridge.uploader import Uploader
 
 log = get_logger("wal_bridge.runtime")
 
@@ -151,6 +152,38 @@ class StageLoop:
             self.thread.join(timeout)
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """The stages after the WAL: the sealer (conversion), the uploader and the re-fetcher."""
+
+    sealer: Sealer
+    uploader: Uploader
+    refetcher: Refetcher
+
+    @classmethod
+    def build(cls, bridge: Bridge) -> Pipeline:
+        """The stages of ``bridge``, over its WAL, sink, metrics and halt event."""
+        from wal_bridge.conversion import Converter
+        from wal_bridge.refetch import Refetcher
+        from wal_bridge.schema import SharedSchema
+        from wal_bridge.sealer import Sealer
+        from wal_bridge.uploader import Uploader
+
+        settings = bridge.settings
+        decoding = None
+        if settings.uses_registry:  # import the registry's libraries only then
+            from wal_bridge.conversion.decode import Decoding
+
+            decoding = Decoding.open(settings)
+        converter = Converter.open(
+            settings.max_record_bytes, settings.wal_dir, settings.schema_file,
+            SharedSchema(bridge.sink, settings.require_destination().schema_key,
+                         settings.wal_dir), decoding)
+        return cls(Sealer(bridge.wal, converter, bridge.metrics),
+                   Uploader(bridge.wal, bridge.sink, bridge.halt, metrics=bridge.metrics),
+                   Refetcher(settings, bridge.wal, bridge.metrics))
+
+
 class Bridge:
     """The running service: WAL, consumer, sealer and uploader wired together."""
 
@@ -171,37 +204,53 @@ class Bridge:
             failpoints=Failpoints(settings.failpoint),
         )
         self.metrics = Metrics()  # a registry per bridge: tests run several in one process
-        decoding = None
-        if settings.uses_registry:  # import the registry's libraries only then
-            from wal_bridge.conversion.decode import Decoding
-
-            decoding = Decoding.open(settings)
-        converter = Converter.open(
-            settings.max_record_bytes, settings.wal_dir, settings.schema_file,
-            SharedSchema(self.sink, destination.schema_key, settings.wal_dir), decoding)
-        self.sealer = Sealer(self.wal, converter, self.metrics)
-        self.uploader = Uploader(self.wal, self.sink, self.halt, metrics=self.metrics)
-        self.refetcher = Refetcher(settings, self.wal, self.metrics)
+        self._pipeline: Pipeline | None = None
+        self._pipeline_lock = threading.Lock()
         self.metrics.count_salvage(self.wal.recovery)
         self.consumer: BridgeConsumer | None = None
         self.metrics.watch(self.status, readiness)
 
+    def pipeline(self) -> Pipeline:
+        """The sealer, uploader and re-fetcher, built on first use (thread-safe). Building
+        imports conversion, Parquet and the registry's libraries (a tenth of a second and
+        more), which the consumer's first poll does not need: :meth:`run` builds them on the
+        thread that starts the stages. Raises ConfigError for a bad SCHEMA_FILE or pin."""
+        with self._pipeline_lock:
+            if self._pipeline is None:
+                self._pipeline = Pipeline.build(self)
+            return self._pipeline
+
+    @property
+    def sealer(self) -> Sealer:
+        return self.pipeline().sealer
+
+    @property
+    def uploader(self) -> Uploader:
+        return self.pipeline().uploader
+
+    @property
+    def refetcher(self) -> Refetcher:
+        return self.pipeline().refetcher
+
     def _conversion_hold(self) -> str | None:
         """Why the consumer should pause for conversion (its ``hold``, asked after every
         step): the sealer's :meth:`~wal_bridge.sealer.Sealer.registry_hold`, a schema
-        registry that does not answer. The consumer is handed this callable, so it knows
-        nothing of the sealer."""
-        return self.sealer.registry_hold()
+        registry that does not answer; None while the stages are not built yet. The consumer
+        is handed this callable, so it knows nothing of the sealer."""
+        built = self._pipeline
+        return built.sealer.registry_hold() if built is not None else None
 
     def status(self) -> BridgeStatus:
-        """What the stages report now (safe from any thread: each read is of a copy)."""
+        """What the stages report now (safe from any thread: each read is of a copy; stages
+        not built yet report nothing stuck, blocked or full)."""
+        built = self._pipeline
         segments = self.wal.snapshot()
         consumer = self.consumer
         quarantine = self.wal.quarantine_status()
         jobs = self.wal.refetch_jobs()
         return BridgeStatus(
             segments=segments_by_state(segments, quarantine.segments),
-            stuck=tuple(sorted(self.uploader.stuck.copy())),
+            stuck=tuple(sorted(built.uploader.stuck.copy())) if built else (),
             wal_bytes=sum(s.bytes + s.parquet_bytes for s in segments),
             oldest_unshipped_age_s=oldest_age_s(segments, time.time()),
             rebalanced=consumer is not None and consumer.rebalanced,
@@ -209,8 +258,8 @@ class Bridge:
             paused=consumer is not None and consumer.paused,
             pause_reason=consumer.pause_reason if consumer is not None else None,
             lag=consumer.lag() if consumer is not None else {},
-            disk_full=self.sealer.disk_full,
-            schema_blocked=self.sealer.schema_blocked,
+            disk_full=built is not None and built.sealer.disk_full,
+            schema_blocked=built.sealer.schema_blocked if built else None,
             stopping=self.stop.is_set(),
             refetch_pending_ranges=sum(len(r) for job in jobs for r in job.need.values()),
             refetch_pending_records=sum(job.records for job in jobs),
@@ -295,9 +344,10 @@ class Bridge:
         the bridge as before, with the error's exit code; nothing is shipped before the
         checks pass."""
         try:
+            self.pipeline()
             self._check_sink()
             self._agree_on_schema()
-        except WalBridgeError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure here is fatal: never stageless
             self._on_fatal(exc)
             return
         if self.halt.is_set():
@@ -310,6 +360,7 @@ class Bridge:
         ):
             stages.append(stage)
             stage.start()
+        log.info("pipeline_started", stages=[stage.name for stage in stages])
 
     def _serve_metrics(self) -> MetricsServer | None:
         """/metrics, /healthz and /readyz on METRICS_PORT (0: off)."""

@@ -74,9 +74,12 @@ def wait_assigned(bridge: BridgeProcess) -> None:
 
 def stuck_segments(bridge: BridgeProcess, gcs: GcsHandle, bucket: str, env: dict[str, str],
                    records: list[bytes]) -> dict[str, Any]:
-    """Run the bridge, delete its bucket, produce ``records``: every segment gets stuck."""
+    """Run the bridge, delete its bucket once it has checked it, produce ``records``: every
+    segment gets stuck."""
     bridge.start()
     wait_assigned(bridge)
+    wait_for(lambda: "pipeline_started" in bridge.log(), 60, "the destination checked",
+             on_timeout=lambda: bridge.log()[-3000:])
     gcs.client().bucket(bucket).delete(force=True)
     for start in range(0, len(records), 150):  # bursts: segments of several frames (polls)
         produce(env["KAFKA_BOOTSTRAP_SERVERS"], env["KAFKA_TOPIC"], records[start:start + 150])
