@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import urllib.error
+import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,7 @@ from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
+from tests.native import free_port
 from tests.support import BridgeProcess, bridge_env, produce, read_gcs, wait_for
 
 if TYPE_CHECKING:
@@ -89,6 +92,17 @@ def _landed(gcs: GcsHandle, bucket: str, prefix: str, expected: int,
     time.sleep(2)  # anything more that would land (a duplicate) lands now
     landed = read_gcs(client, bucket, prefix)
     return [row for t in landed.tables.values() for row in t.to_pylist()]
+
+
+def _readyz(port: int) -> tuple[int, str]:
+    """Status and body of the bridge's /readyz (0 and "" while it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
 
 
 def _one_row_each(rows: list[dict[str, Any]], count: int) -> dict[tuple[int, int], dict]:
@@ -306,7 +320,9 @@ def test_a_new_version_met_while_the_registry_is_down_waits_for_it(
     first = _avro_payloads(client, topic, V1, [order(i) for i in range(100)])
     second = _avro_payloads(client, topic, V2, [order(i, 2) for i in range(100, 250)])
     third = _avro_payloads(client, topic, V2, [order(i, 2) for i in range(250, 400)])
-    bridge = _bridge(kafka, gcs, schema_registry, topic, bucket, tmp_path, "avro").start()
+    port = free_port()
+    bridge = _bridge(kafka, gcs, schema_registry, topic, bucket, tmp_path, "avro").start(
+        METRICS_PORT=str(port))
     produce(kafka.bootstrap, topic, first)
     _landed(gcs, bucket, "raw/", 100, bridge)
     schema_registry.stop()
@@ -316,6 +332,9 @@ def test_a_new_version_met_while_the_registry_is_down_waits_for_it(
     paused = wait_for(lambda: bridge.events("consumer_paused"), 30, "consumer_paused",
                       on_timeout=lambda: bridge.log()[-4000:])
     assert paused[0]["reason"].startswith("schema registry unreachable: "), paused[0]
+    status, body = _readyz(port)
+    assert status == 503
+    assert "consumer paused: schema registry unreachable: " in body, body
     assert read_gcs(gcs.client(), bucket, "raw/").rows == 100
     produce(kafka.bootstrap, topic, third)
     time.sleep(4)  # two BATCH_TIMEOUTs: a consumer still reading would seal them now
@@ -324,8 +343,10 @@ def test_a_new_version_met_while_the_registry_is_down_waits_for_it(
     assert sealed <= 250, f"{sealed} records sealed while paused (the third batch was read)"
     schema_registry.start()
     rows = _one_row_each(_landed(gcs, bucket, "raw/", 400, bridge), 400)
+    ready = _readyz(port)
     bridge.terminate()
     assert bridge.events("consumer_resumed")
+    assert ready == (200, "ready\n"), ready
     assert read_gcs(gcs.client(), bucket, "dead-letter/").rows == 0
     by_id = {r["id"]: r for r in rows.values()}
     assert sorted(by_id) == list(range(400))
