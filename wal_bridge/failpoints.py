@@ -17,7 +17,7 @@ EXIT_CODE = 86
 
 CRASH_POINTS = frozenset(
     {
-        "after_segment_create",  # new segment's header written and fsynced, no frame yet
+        "after_segment_create",  # new segment's header written, its entry fsynced, no frame yet
         "after_append_before_fsync",  # frame written to the segment, not yet fsynced
         "after_fsync_before_commit",  # batch durable in the WAL, offsets not committed
         "after_seal_trailer",  # seal frame written and fsynced, segment not yet renamed

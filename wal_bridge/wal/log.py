@@ -122,6 +122,7 @@ class Wal:
         self._refetch: dict[int, RefetchJob] = {}  # pending re-fetches, by their segment M
         self._active: Segment | None = None
         self._active_fd: int | None = None
+        self._fresh_seals: set[int] = set()  # seal frames this process wrote, not yet renamed
         self._next_seq = 1
         self.recovery = RecoveryReport()
         self.disk_full: str | None = None  # why the last append stopped short, if it did
@@ -227,7 +228,15 @@ class Wal:
         merge_ranges(merged, ranges)
         active.ranges = merged
         self.failpoints.hit("after_append_before_fsync")
+        seal = None
+        if active.records >= self.batch_size and active.seal is None:
+            # Full: the seal frame goes in before the fsync, so that one fsync makes the
+            # records and the seal durable together (on a full disk it is written later).
+            with contextlib.suppress(DiskFullError):
+                seal = self._write_seal_frame(active)
         self._sync_active()
+        if seal is not None:
+            self._seal_frame_durable(active, seal)
         merge_ranges(durable, ranges)
         with contextlib.suppress(DiskFullError):  # durable already; sealing is retried
             self._seal_due()
@@ -253,7 +262,11 @@ class Wal:
         try:
             header = encode_segment_header(seq, created)
             _write_all(fd, header)
-            os.fsync(fd)
+            # The header needs no fsync of its own: the first records' fsync (same file) makes
+            # it durable before any record is acknowledged. A crash before that leaves an empty
+            # (or header-only) open segment, which recovery removes. The entry does need its
+            # directory fsync, so that the records' fsync never lands in a file that a power
+            # cut could unname.
             durable.fsync_dir(self.layout.segments)
         except OSError as exc:
             os.close(fd)
@@ -319,9 +332,12 @@ class Wal:
             return False
         if not force and not self._due(active):
             return False
-        wrote_seal = active.seal is None  # else a crash came between the seal frame and rename
-        if wrote_seal:
+        if active.seal is None:
             self._write_seal(active)
+        # Written by this process (here or with its last records), not before a crash that
+        # came between the seal frame and the rename: only then is it logged as sealed.
+        wrote_seal = active.seq in self._fresh_seals
+        self._fresh_seals.discard(active.seq)
         first_append = active.first_append
         target = self.layout.segment(active.seq, SEALED)
         durable.rename(active.path, target)
@@ -341,6 +357,17 @@ class Wal:
 
     def _write_seal(self, active: Segment) -> None:
         """Write and fsync the seal frame, naming the object keys (fixed from now on)."""
+        info = self._write_seal_frame(active)
+        try:
+            assert self._active_fd is not None
+            os.fsync(self._active_fd)
+        except OSError as exc:
+            raise WalFatalError(f"cannot seal segment {active.seq}: {exc}") from exc
+        self._seal_frame_durable(active, info)
+
+    def _write_seal_frame(self, active: Segment) -> SealInfo:
+        """Write (not fsync) the seal frame of ``active``, naming the object keys (fixed once
+        it is durable). Raises DiskFullError (the frame rolled back) or WalFatalError."""
         if self._active_fd is None:  # recovered open segment: reopen for the seal frame
             self._active_fd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
         sealed_at = self._now_ms()
@@ -350,16 +377,21 @@ class Wal:
         size = active.bytes
         try:
             self._write(FrameKind.SEAL, info.to_json())
-            os.fsync(self._active_fd)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise WalFatalError(f"cannot seal segment {active.seq}: {exc}") from exc
             self._rollback(active, (size, active.records, active.ranges, active.first_append))
             raise _disk_error(exc, self.root) from exc
+        return info
+
+    def _seal_frame_durable(self, active: Segment, info: SealInfo) -> None:
+        """The seal frame ``info`` of ``active`` was fsynced: close the segment for writing."""
+        assert self._active_fd is not None
         os.close(self._active_fd)
         self._active_fd = None
         self.failpoints.hit("after_seal_trailer")
         active.seal = info
+        self._fresh_seals.add(active.seq)
 
     # ----------------------------------------------------------------------------- converting
 
