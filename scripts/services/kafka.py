@@ -20,8 +20,8 @@ from typing import Protocol
 
 from . import kafka_wire
 from .cache import ensure_artifact, require_tool, run_tool
-from .errors import NotManagedError, ServiceError, StartError
-from .procs import LOOPBACK, ServiceProcess, ensure_port_free, free_port
+from .errors import ServiceError, StartError
+from .procs import LOOPBACK, ExternalService, ServiceProcess, ensure_port_free, free_port
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.25.3"
@@ -176,13 +176,12 @@ def broker_ready(bootstrap: str) -> bool:
         return False
 
 
-class ExternalKafka:
+class ExternalKafka(ExternalService):
     """Bootstrap servers named by the environment; the harness neither starts nor stops them."""
-
-    managed = False
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
+        self.described = f"the broker at {bootstrap}"
 
     def create_topic(
         self, name: str, partitions: int = 3, configs: dict[str, str] | None = None
@@ -191,31 +190,6 @@ class ExternalKafka:
 
     def alive(self) -> bool:
         return broker_ready(self.bootstrap)
-
-    def _refuse(self, action: str) -> None:
-        raise NotManagedError(
-            f"cannot {action} the broker at {self.bootstrap}: it was named by the environment, "
-            "not started by the harness"
-        )
-
-    def start(self) -> None:
-        if not self.alive():
-            self._refuse("start")
-
-    def stop(self) -> None:
-        self._refuse("stop")
-
-    def kill(self) -> None:
-        self._refuse("kill")
-
-    def restart(self) -> None:
-        self._refuse("restart")
-
-    def pause(self) -> None:
-        self._refuse("pause")
-
-    def resume(self) -> None:
-        self._refuse("resume")
 
 
 class KafkaBroker:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import PortTakenError, StartError
+from .errors import NotManagedError, PortTakenError, StartError
 
 LOOPBACK = "127.0.0.1"
 LOG_TAIL_LINES = 40
@@ -249,3 +249,41 @@ class LoopbackServer:
         self.stop()
         if self.owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class ExternalService:
+    """A service named by the environment (``WAL_BRIDGE_TEST_*``): the harness never starts,
+    stops or pauses it, and says so (NotManagedError) when a test asks it to; a test that
+    needs that skips. Subclasses give :meth:`alive` and :attr:`described` ("the broker at
+    ...")."""
+
+    managed = False
+    described = "the service"
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def _refuse(self, action: str) -> None:
+        raise NotManagedError(
+            f"cannot {action} {self.described}: it was named by the environment, not started "
+            "by the harness"
+        )
+
+    def start(self) -> None:
+        if not self.alive():
+            self._refuse("start")
+
+    def stop(self) -> None:
+        self._refuse("stop")
+
+    def kill(self) -> None:
+        self._refuse("kill")
+
+    def restart(self) -> None:
+        self._refuse("restart")
+
+    def pause(self) -> None:
+        self._refuse("pause")
+
+    def resume(self) -> None:
+        self._refuse("resume")

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Protocol
 
 from .cache import ensure_artifact, require_tool, run_tool
-from .errors import NotManagedError, ProvisionError
+from .errors import ProvisionError
 from .kafka import JAVA_INSTALL_HINT, MAVEN_INSTALL_HINT
-from .procs import LOOPBACK, LoopbackServer
+from .procs import LOOPBACK, ExternalService, LoopbackServer
 
 VERSION = "3.0.9"
 ARTIFACT = f"io.apicurio:apicurio-registry-app:{VERSION}:tar.gz:all"
@@ -116,42 +116,16 @@ class Registry(Protocol):
     def close(self) -> None: ...
 
 
-class ExternalRegistry:
+class ExternalRegistry(ExternalService):
     """A Confluent-compatible registry named by the environment; never started or stopped."""
-
-    managed = False
 
     def __init__(self, url: str) -> None:
         self.ccompat_url = url.rstrip("/")
         self.url = self.ccompat_url
+        self.described = f"the schema registry at {self.ccompat_url}"
 
     def alive(self) -> bool:
         return registry_ready(self.ccompat_url)
-
-    def _refuse(self, action: str) -> None:
-        raise NotManagedError(
-            f"cannot {action} the schema registry at {self.ccompat_url}: it was named by the "
-            "environment, not started by the harness"
-        )
-
-    def start(self) -> None:
-        if not self.alive():
-            self._refuse("start")
-
-    def stop(self) -> None:
-        self._refuse("stop")
-
-    def kill(self) -> None:
-        self._refuse("kill")
-
-    def restart(self) -> None:
-        self._refuse("restart")
-
-    def pause(self) -> None:
-        self._refuse("pause")
-
-    def resume(self) -> None:
-        self._refuse("resume")
 
     def close(self) -> None:
         """Nothing to close: the harness did not start it."""
