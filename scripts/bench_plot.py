@@ -1,7 +1,9 @@
 """Draw the benchmark's PNG from its JSON (run by scripts/bench in the bench venv: matplotlib).
 
 Left: end-to-end records/s of each contender, the raw consume ceiling as a line, each bar
-labelled with its rate and its ratio to the ceiling. Right: resident memory over time.
+labelled with its rate and its ratio to the ceiling. Middle: resident memory over time. Right,
+when the run drained more than one codec (``--compression``): the bridge's records/s and peak
+RSS per codec.
 
     python scripts/bench_plot.py docs/performance.json docs/performance.png
 """
@@ -29,8 +31,13 @@ def main(source: Path, target: Path) -> int:
         print("nothing to plot: no run finished", file=sys.stderr)
         return 1
     ceiling = next((r for r in runs if r["name"] == "ceiling"), None)
-    fig, (bars_ax, rss_ax) = plt.subplots(1, 2, figsize=(12, 4.6),
-                                          gridspec_kw={"width_ratios": [1.1, 1]})
+    codecs = [c for c in data.get("codecs") or [] if c.get("ok")]
+    panels = 3 if len(codecs) > 1 else 2
+    fig, axes = plt.subplots(1, panels, figsize=(12 + 4.5 * (panels - 2), 4.6),
+                             gridspec_kw={"width_ratios": [1.1, 1, 0.8][:panels]})
+    bars_ax, rss_ax = axes[0], axes[1]
+    if panels == 3:
+        plot_codecs(axes[2], codecs)
 
     names = [r["label"] for r in runs]
     rates = [r["records_per_s"] for r in runs]
@@ -76,6 +83,23 @@ def main(source: Path, target: Path) -> int:
     fig.savefig(target, dpi=110)
     print(f"wrote {target}")
     return 0
+
+
+def plot_codecs(ax: plt.Axes, codecs: list[dict]) -> None:
+    """The bridge per ``compression.type``: records/s as bars, peak RSS written on each."""
+    positions = range(len(codecs))
+    ax.barh(positions, [c["records_per_s"] for c in codecs], color=COLOURS["bridge"])
+    ax.set_yticks(list(positions), [c["codec"] for c in codecs])
+    ax.invert_yaxis()
+    top = max(c["records_per_s"] for c in codecs)
+    for y, codec in zip(positions, codecs, strict=True):
+        ax.text(codec["records_per_s"] + top * 0.01, y,
+                f"{codec['records_per_s']:,.0f}  {codec['peak_rss_mib']:.0f} MiB", va="center",
+                fontsize=9)
+    ax.set_xlim(0, top * 1.6)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x / 1000:,.0f}k"))
+    ax.set_xlabel("wal-bridge records/s (peak RSS)")
+    ax.set_title("per compression.type of the topic", fontsize=10)
 
 
 if __name__ == "__main__":
