@@ -68,7 +68,10 @@ def bridge(env: dict[str, str], tmp_path: Path) -> Any:
 
 
 def wait_assigned(bridge: BridgeProcess) -> None:
-    wait_for(lambda: "partitions_assigned" in bridge.log(), 60, "partition assignment",
+    """Until the bridge has its partitions and has checked its destination (the check runs
+    beside the first polls: a bucket deleted before it would stop the bridge instead)."""
+    wait_for(lambda: "partitions_assigned" in (log := bridge.log())
+             and "pipeline_started" in log, 60, "partition assignment and the destination checked",
              on_timeout=lambda: bridge.log()[-3000:])
 
 
@@ -78,8 +81,6 @@ def stuck_segments(bridge: BridgeProcess, gcs: GcsHandle, bucket: str, env: dict
     segment gets stuck."""
     bridge.start()
     wait_assigned(bridge)
-    wait_for(lambda: "pipeline_started" in bridge.log(), 60, "the destination checked",
-             on_timeout=lambda: bridge.log()[-3000:])
     gcs.client().bucket(bucket).delete(force=True)
     for start in range(0, len(records), 150):  # bursts: segments of several frames (polls)
         produce(env["KAFKA_BOOTSTRAP_SERVERS"], env["KAFKA_TOPIC"], records[start:start + 150])
