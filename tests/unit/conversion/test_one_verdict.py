@@ -179,7 +179,7 @@ def flat_segments(draw: Any) -> list[bytes]:
     return [json.dumps(r).encode() for r in records]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(flat_segments())
 def test_the_fast_first_schema_is_the_one_duckdb_reading_decides(values: list[bytes]) -> None:
     """Where the first segment is decided without DuckDB, deciding it with DuckDB's reading
