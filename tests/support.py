@@ -60,6 +60,22 @@ def committed_offsets(
         consumer.close()
 
 
+def log_events(text: str, name: str) -> list[dict[str, Any]]:
+    """The JSON lines of a bridge's log ``text`` whose ``event`` is ``name``, in order (other
+    lines, and lines that are not JSON, are skipped)."""
+    out = []
+    for line in text.splitlines():
+        if f'"{name}"' not in line or not line.startswith("{"):
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == name:
+            out.append(entry)
+    return out
+
+
 @dataclass
 class BridgeProcess:
     """``wal_bridge run`` in a child process, its output kept in a log file."""
@@ -111,17 +127,7 @@ class BridgeProcess:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """The JSON log lines with ``"event": name``, of every run, in order."""
-        out = []
-        for line in self.log().splitlines():
-            if f'"{name}"' not in line or not line.startswith("{"):
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("event") == name:
-                out.append(entry)
-        return out
+        return log_events(self.log(), name)
 
     def stop(self) -> None:
         if self.alive():

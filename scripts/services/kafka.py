@@ -21,7 +21,14 @@ from typing import Protocol
 from . import kafka_wire
 from .cache import ensure_artifact, require_tool, run_tool
 from .errors import ServiceError, StartError
-from .procs import LOOPBACK, ExternalService, ServiceProcess, ensure_port_free, free_port
+from .procs import (
+    LOOPBACK,
+    ExternalService,
+    Lifecycle,
+    ServiceProcess,
+    ensure_port_free,
+    free_port,
+)
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.25.3"
@@ -115,29 +122,14 @@ def new_cluster_id() -> str:
             return text
 
 
-class Kafka(Protocol):
+class Kafka(Lifecycle, Protocol):
     """What tests use of a broker, whether the harness started it or not."""
 
     bootstrap: str
-    managed: bool
 
     def create_topic(
         self, name: str, partitions: int = 3, configs: dict[str, str] | None = None
     ) -> None: ...
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def kill(self) -> None: ...
-
-    def restart(self) -> None: ...
-
-    def pause(self) -> None: ...
-
-    def resume(self) -> None: ...
-
-    def alive(self) -> bool: ...
 
 
 def create_topic(

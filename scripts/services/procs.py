@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from .errors import NotManagedError, PortTakenError, StartError
 
@@ -287,3 +288,24 @@ class ExternalService:
 
     def resume(self) -> None:
         self._refuse("resume")
+
+
+class Lifecycle(Protocol):
+    """What tests may do with a service, whether the harness started it (``managed``) or the
+    environment named it (then each of these but ``alive`` raises NotManagedError)."""
+
+    managed: bool
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def restart(self) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def alive(self) -> bool: ...

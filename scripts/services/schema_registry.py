@@ -27,7 +27,7 @@ from typing import Protocol
 from .cache import ensure_artifact, require_tool, run_tool
 from .errors import ProvisionError
 from .kafka import JAVA_INSTALL_HINT, MAVEN_INSTALL_HINT
-from .procs import LOOPBACK, ExternalService, LoopbackServer
+from .procs import LOOPBACK, ExternalService, Lifecycle, LoopbackServer
 
 VERSION = "3.0.9"
 ARTIFACT = f"io.apicurio:apicurio-registry-app:{VERSION}:tar.gz:all"
@@ -93,25 +93,10 @@ def registry_ready(ccompat_url: str) -> bool:
         return False
 
 
-class Registry(Protocol):
+class Registry(Lifecycle, Protocol):
     """What tests use of a schema registry, whether the harness started it or not."""
 
     ccompat_url: str
-    managed: bool
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def kill(self) -> None: ...
-
-    def restart(self) -> None: ...
-
-    def pause(self) -> None: ...
-
-    def resume(self) -> None: ...
-
-    def alive(self) -> bool: ...
 
     def close(self) -> None: ...
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tests.chaos.oracle import Landed, Verdict, Workload, judge, read_topic
-from tests.support import BridgeProcess, bridge_env, wait_for
+from tests.support import BridgeProcess, bridge_env, log_events, wait_for
 from wal_bridge.wal.codec import DecodeError
 from wal_bridge.wal.segment import scan
 
@@ -70,17 +70,7 @@ class ChaosBridge(BridgeProcess):
 
     def events(self, name: str, *, this_run: bool = True) -> list[dict[str, Any]]:
         """The JSON log lines with ``"event": name``, of this run or of every run."""
-        out = []
-        for line in (self.run_log() if this_run else self.log()).splitlines():
-            if f'"{name}"' not in line or not line.startswith("{"):
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("event") == name:
-                out.append(entry)
-        return out
+        return log_events(self.run_log() if this_run else self.log(), name)
 
     def tail(self, chars: int = 4000) -> str:
         return f"--- {self.log_path.name} ---\n{self.log()[-chars:]}"
