@@ -20,13 +20,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 
 from scripts.services.toxiproxy import ToxiproxyClient
 from tests.chaos.oracle import read_topic
-from tests.chaos.scenario import Scenario, held_records, wal_files
+from tests.chaos.scenario import ChaosBridge, Scenario, held_records, wal_files
 from tests.support import committed_offsets, wait_for
 from wal_bridge.wal.codec import (
     FRAME_HEADER_SIZE,
@@ -183,6 +184,22 @@ def damage_sealed(path: Path, kind: str, which: int | str | None, rng: random.Ra
     return set(held)
 
 
+def piling_up(scenario: Scenario, toxiproxy: ToxiproxyClient) -> tuple[ChaosBridge, Any, Path]:
+    """A started bridge (COMMIT_POLICY=wal, segments sealed at 500 records or 4 s: several
+    polls, so several frames, each) whose emulator is cut off behind a proxy once a first file
+    has shipped (with it the table's schema reached the bucket, as it must before any segment
+    converts): segments then pile up sealed and converted, none shipped. Returns the bridge,
+    the proxy and its WAL directory."""
+    proxy = toxiproxy.create_proxy(f"gcs-{scenario.topic[-8:]}", urlparse(scenario.gcs.url).netloc)
+    bridge = scenario.bridge(emulator=proxy.url, COMMIT_POLICY="wal", BATCH_TIMEOUT="4")
+    bridge.start()
+    scenario.workload.produce(100)
+    wait_for(lambda: bridge.events("segment_shipped"), 90, "a first segment shipped",
+             on_timeout=bridge.tail)
+    toxiproxy.disable(proxy.name)
+    return bridge, proxy, scenario.wal_dir()
+
+
 def test_damaged_sealed_segments_are_salvaged_and_healed_from_kafka(
     scenario: Scenario, toxiproxy: ToxiproxyClient
 ) -> None:
@@ -190,17 +207,7 @@ def test_damaged_sealed_segments_are_salvaged_and_healed_from_kafka(
     COMMIT_POLICY=wal); at restart recovery salvages every one, quarantines none, the running
     bridge re-fetches exactly the damaged frames' offsets, and every record lands once."""
     rng = random.Random(f"{SEED}-sealed")
-    proxy = toxiproxy.create_proxy(f"gcs-{scenario.topic[-8:]}", urlparse(scenario.gcs.url).netloc)
-    # Segments sealed at 500 records or 4 s: several polls (frames) each.
-    bridge = scenario.bridge(emulator=proxy.url, COMMIT_POLICY="wal", BATCH_TIMEOUT="4")
-    bridge.start()
-    # A first file ships, and with it the table's schema reaches the bucket (it must, before
-    # any segment converts); then segments pile up sealed and converted, none shipped.
-    scenario.workload.produce(100)
-    wait_for(lambda: bridge.events("segment_shipped"), 90, "a first segment shipped",
-             on_timeout=bridge.tail)
-    toxiproxy.disable(proxy.name)
-    wal = scenario.wal_dir()
+    bridge, proxy, wal = piling_up(scenario, toxiproxy)
 
     def candidates() -> list[Path]:
         """Converted segments of three records frames or more (polls of separate bursts)."""
@@ -258,14 +265,7 @@ def test_damaged_offsets_gone_from_kafka_are_reported_and_nothing_waits(
     from confluent_kafka.admin import AdminClient
 
     rng = random.Random(f"{SEED}-lost")
-    proxy = toxiproxy.create_proxy(f"gcs-{scenario.topic[-8:]}", urlparse(scenario.gcs.url).netloc)
-    bridge = scenario.bridge(emulator=proxy.url, COMMIT_POLICY="wal", BATCH_TIMEOUT="4")
-    bridge.start()
-    scenario.workload.produce(100)
-    wait_for(lambda: bridge.events("segment_shipped"), 90, "a first segment shipped",
-             on_timeout=bridge.tail)
-    toxiproxy.disable(proxy.name)
-    wal = scenario.wal_dir()
+    bridge, proxy, wal = piling_up(scenario, toxiproxy)
 
     def target() -> Path | None:
         for path in sorted((wal / "segments").glob("*.sealed")):
