@@ -106,6 +106,15 @@ TABLE: list[tuple[str, Callable[[bytes], bytes], bool, Callable[[bytes], bytes] 
 ]
 
 
+def stages(wal: Wal, root: Path, bucket: Path, kafka: Kafka) -> tuple[Sealer, Uploader, Refetcher]:
+    """The sealer, an uploader into the local ``bucket`` and a re-fetcher reading ``kafka``."""
+    sealer = Sealer(wal, Converter.open(1024, root, None))
+    uploader = Uploader(wal, LocalSink(Destination("file", str(bucket), "raw")),
+                        threading.Event(), initial_backoff=0.01, max_backoff=0.02)
+    refetcher = Refetcher(cast(Settings, None), wal, fetch=kafka.fetch, offsets=kafka.offsets)
+    return sealer, uploader, refetcher
+
+
 def drain(sealer: Sealer, uploader: Uploader, refetcher: Refetcher) -> None:
     """Run the stages until none of them finds work."""
     for _ in range(50):
@@ -158,10 +167,7 @@ def test_each_damage_is_salvaged_and_every_record_lands_once(
 
     kafka = Kafka()
     bucket = tmp_path / "bucket"
-    sealer = Sealer(wal, Converter.open(1024, root, None))
-    uploader = Uploader(wal, LocalSink(Destination("file", str(bucket), "raw")),
-                        threading.Event(), initial_backoff=0.01, max_backoff=0.02)
-    refetcher = Refetcher(cast(Settings, None), wal, fetch=kafka.fetch, offsets=kafka.offsets)
+    sealer, uploader, refetcher = stages(wal, root, bucket, kafka)
     drain(sealer, uploader, refetcher)
 
     assert kafka.asked == ([{TP: refetched}] if refetched else None)
@@ -181,10 +187,7 @@ def test_a_range_gone_from_kafka_is_reported_and_held_in_quarantine(tmp_path: Pa
     wal = Wal.open(root, keys=KEYS, batch_size=15, instance_id="bridge-a")
     kafka = Kafka(earliest=3)  # 0-2 deleted by retention, 3-4 still there
     bucket = tmp_path / "bucket"
-    sealer = Sealer(wal, Converter.open(1024, root, None))
-    uploader = Uploader(wal, LocalSink(Destination("file", str(bucket), "raw")),
-                        threading.Event(), initial_backoff=0.01, max_backoff=0.02)
-    refetcher = Refetcher(cast(Settings, None), wal, fetch=kafka.fetch, offsets=kafka.offsets)
+    sealer, uploader, refetcher = stages(wal, root, bucket, kafka)
     drain(sealer, uploader, refetcher)
 
     assert kafka.asked == [{TP: [(3, 4)]}]
@@ -307,10 +310,7 @@ def test_damage_found_at_conversion_is_salvaged_like_at_recovery(tmp_path: Path)
     path.write_bytes(flip(2)(path.read_bytes()))  # offsets 10-14, under the running WAL
     kafka = Kafka()
     bucket = tmp_path / "bucket"
-    sealer = Sealer(wal, Converter.open(1024, root, None))
-    uploader = Uploader(wal, LocalSink(Destination("file", str(bucket), "raw")),
-                        threading.Event(), initial_backoff=0.01, max_backoff=0.02)
-    refetcher = Refetcher(cast(Settings, None), wal, fetch=kafka.fetch, offsets=kafka.offsets)
+    sealer, uploader, refetcher = stages(wal, root, bucket, kafka)
 
     assert not sealer.convert(wal.snapshot()[0])
     assert [j.need for j in wal.refetch_jobs()] == [{TP: [(10, 14)]}]
